@@ -1,0 +1,91 @@
+r"""High-precision backend: mpmath tanh-sinh quadrature at any number of digits.
+
+The same integral as the quadrature backend,
+:math:`E[h(z)] = \int h(\sqrt q\,t)\,\varphi(t)\,dt`, split at the same
+points (the breakpoints of f, t = 0, the z-grid ±1/\sqrt q, ±4/\sqrt q and the
+t-grid ±2, ±5, ±9), each interval integrated by ``mpmath.quad`` (tanh-sinh,
+which maps the half-infinite end intervals itself) at ``digits`` significant
+digits plus guard digits.  The error reported is mpmath's own estimate, summed
+over intervals; if it exceeds 10^(-digits) of the result the backend raises
+rather than return fewer digits than asked.
+
+Slow (tens of milliseconds per interval at 40 digits) and exact in the sense
+that matters: the reference the float64 backends are tested against.
+"""
+
+from __future__ import annotations
+
+import mpmath as mp
+
+from ..errors import ConvergenceError, DivergenceError
+from ..estimate import Estimate
+from ..integrand import Integrand
+from .quadrature import _T_GRID, _Z_GRID, TAIL
+
+__all__ = ["integrate"]
+
+_GUARD = 10
+
+
+def _split_points(breakpoints, s):
+    points = {mp.mpf(0)}
+    points.update(mp.mpf(g) * sign for g in _T_GRID if g < TAIL for sign in (1, -1))
+    points.update(mp.mpf(g) / s * sign for g in _Z_GRID for sign in (1, -1))
+    points.update(mp.mpf(b) / s for b in breakpoints)
+    return [-mp.inf, *sorted(points), mp.inf]
+
+
+def _one_variance(integrand: Integrand, q, digits: int) -> list[tuple[mp.mpf, mp.mpf]]:
+    programs = integrand.mpmath_pieces(digits + _GUARD)
+    s = mp.sqrt(q)
+    cuts = [mp.mpf(b) for b in integrand.breakpoints]
+    points = _split_points(integrand.breakpoints, s)
+    m = len(integrand.labels)
+    totals = [mp.mpf(0)] * m
+    errors = [mp.mpf(0)] * m
+    scale = [mp.mpf(0)] * m
+    for lo, hi in zip(points, points[1:]):
+        mid = (lo + hi) / 2 if mp.isfinite(lo) and mp.isfinite(hi) else (hi - 1 if mp.isfinite(hi) else lo + 1)
+        program = programs[sum(1 for c in cuts if s * mid > c)]
+        for j in range(m):
+
+            def integrand_j(t, j=j):
+                value = program(s * t)[j] * mp.npdf(t)
+                if isinstance(value, mp.mpc) or not mp.isfinite(value):
+                    raise DivergenceError(
+                        f"E[{integrand.labels[j]}] at q = {mp.nstr(q, 6)}: the integrand is not a finite real "
+                        f"number at z = {mp.nstr(s * t, 8)}"
+                    )
+                return value
+
+            value, err = mp.quad(integrand_j, [lo, hi], error=True, maxdegree=10)
+            totals[j] += value
+            errors[j] += err
+            scale[j] += abs(value)
+    out = []
+    for j in range(m):
+        if errors[j] > mp.mpf(10) ** (-digits) * max(abs(totals[j]), scale[j] * mp.mpf(10) ** (-_GUARD)):
+            raise ConvergenceError(
+                f"E[{integrand.labels[j]}] at q = {mp.nstr(q, 6)} reached only an error of "
+                f"{mp.nstr(errors[j], 3)} at {digits} digits: the integrand is probably singular"
+            )
+        out.append((totals[j], errors[j]))
+    return out
+
+
+def integrate(integrand: Integrand, variance, *, digits: int = 40) -> tuple[Estimate, ...]:
+    """E[h_j(z)] at ``digits`` significant digits for each h_j of ``integrand``.
+
+    ``variance`` is one q or a sequence of them; values and errors are mpmath
+    numbers (lists of them for a sequence).
+    """
+    scalar = not isinstance(variance, (list, tuple)) and getattr(variance, "ndim", 0) == 0
+    qs = [variance] if scalar else list(variance)
+    with mp.workdps(digits + _GUARD):
+        rows = [_one_variance(integrand, mp.mpf(str(q)) if isinstance(q, float) else mp.mpf(q), digits) for q in qs]
+    out = []
+    for j in range(len(integrand.labels)):
+        values = [row[j][0] for row in rows]
+        errors = [row[j][1] for row in rows]
+        out.append(Estimate(values[0] if scalar else values, errors[0] if scalar else errors, "high_precision"))
+    return tuple(out)

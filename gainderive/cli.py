@@ -1,0 +1,243 @@
+"""The ``gainderive`` command line.
+
+Every user error ends in one line on stderr and exit status 2; a Monte Carlo
+cross-check that disagrees beyond 5 standard errors ends in exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from .errors import CheckError, GainDeriveError
+
+__all__ = ["main"]
+
+CHECK_LIMIT = 5.0  # |z| beyond this many standard errors is a failed cross-check
+_LABELS = {
+    "mean": "E[f(z)]",
+    "second_moment": "E[f(z)^2]",
+    "derivative_second_moment": "E[f'(z)^2]",
+    "variance": "Var f(z)",
+}
+_GAIN_NOTES = {
+    "fan_in": "sqrt(q / E[f^2])   forward signal",
+    "fan_out": "1 / sqrt(E[f'^2])  backward signal",
+    "variance": "sqrt(q / Var f)    next layer re-centres",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"gainderive: error: {message} (see {self.prog} --help)\n")
+
+
+def _params(pairs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise GainDeriveError(f"--param takes NAME=VALUE, e.g. --param alpha=1.5; got {pair!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _variance(text: str) -> float:
+    from .moments import check_variance
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = text  # check_variance names it in the error
+    return float(check_variance(value))
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="gainderive", description="Weight-initialisation gains for any activation from exact "
+                     "Gaussian moments.")
+    parser.add_argument("--version", action="version", version=f"gainderive {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    derive = sub.add_parser("derive", help="moments and gains of one activation at one input variance",
+                            description="E[f], E[f^2], E[f'^2], Var f and the gains for z ~ N(0, q).")
+    derive.add_argument("activation", help="registry name (see `gainderive list`) or a formula in x, "
+                        "e.g. 'x*sigmoid(1.702*x)'")
+    derive.add_argument("--variance", "-q", default="1", help="input variance q > 0 (default 1)")
+    derive.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                        help="activation parameter, repeatable (e.g. --param alpha=2)")
+    derive.add_argument("--digits", type=int, help="use mpmath at this many significant digits (5..200)")
+    derive.add_argument("--check", action="store_true", help="cross-check by Monte Carlo; fail beyond 5 SE")
+    derive.add_argument("--samples", type=int, default=None, help="Monte Carlo evaluations (default 2^21)")
+    derive.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (default 0)")
+    derive.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    derive.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    listing = sub.add_parser("list", help="the registry of named activations",
+                             description="Registry names, formulas, parameters and references.")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _number(value: Any, digits: int | None) -> Any:
+    import mpmath as mp
+
+    if digits is None:
+        return float(value)
+    return mp.nstr(mp.mpf(value), digits, strip_zeros=False, min_fixed=-5, max_fixed=digits + 1)
+
+
+def _error(value: Any, digits: int | None) -> Any:
+    import mpmath as mp
+
+    return float(value) if digits is None else mp.nstr(mp.mpf(value), 3)
+
+
+def _derive(args: argparse.Namespace) -> int:
+    from .gains import gains
+    from .moments import moments
+    from .progress import progress_bar
+
+    params = _params(args.param)
+    q = _variance(args.variance)
+    if args.digits is not None and not 5 <= args.digits <= 200:
+        raise GainDeriveError(f"--digits takes 5..200, got {args.digits}")
+    if args.samples is not None and not args.check:
+        raise GainDeriveError("--samples applies to the Monte Carlo check; add --check")
+    if args.digits is not None:
+        m = moments(args.activation, args.variance, "high_precision", digits=args.digits, **params)
+    else:
+        m = moments(args.activation, q, **params)
+    g = gains(m)
+    act = m.activation
+    report: dict[str, Any] = {
+        "activation": act.name,
+        "formula": act.formula,
+        "params": act.parameter_values,
+        "variance": q,
+        "moments": {name: {"value": _number(e.value, args.digits), "error": _error(e.error, args.digits),
+                           "method": e.method} for name, e in m},
+        "gains": {name: _number(e.value, args.digits) for name, e in g},
+    }
+    check = None
+    if args.check:
+        with progress_bar("Monte Carlo", enabled=not args.quiet) as bar:
+            mc = moments(act, q, "monte_carlo", samples=args.samples, seed=args.seed, progress=bar)
+        check = _compare(m, mc, args)
+        report["monte_carlo"] = check
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_table(report, act, m, g))
+    if check is not None and not check["passed"]:
+        worst = max(check["moments"].items(), key=lambda kv: abs(kv[1]["z_score"]))
+        raise CheckError(
+            f"Monte Carlo disagrees with {m.mean.method} on {worst[0]} by {worst[1]['z_score']:+.2f} standard "
+            f"errors (limit {CHECK_LIMIT:g}); one of the two methods is wrong for this activation"
+        )
+    return 0
+
+
+def _compare(m, mc, args) -> dict[str, Any]:
+    import math
+
+    out: dict[str, Any] = {"samples": 2 * (args.samples or _default_samples()) // 2, "seed": args.seed, "moments": {}}
+    for (name, exact), (_, sampled) in zip(m, mc):
+        se = float(sampled.error)
+        diff = float(sampled.value) - float(exact.value)
+        z = diff / se if se > 0 else (0.0 if abs(diff) <= 1e-12 * (1 + abs(float(exact.value))) else math.inf)
+        out["moments"][name] = {"value": float(sampled.value), "error": se, "z_score": z}
+    out["max_abs_z"] = max(abs(v["z_score"]) for v in out["moments"].values())
+    out["passed"] = out["max_abs_z"] <= CHECK_LIMIT
+    return out
+
+
+def _default_samples() -> int:
+    from .backends.monte_carlo import DEFAULT_SAMPLES
+
+    return DEFAULT_SAMPLES
+
+
+def _table(report: dict[str, Any], act, m, g) -> str:
+    params = "  ".join(f"{k}={v:g}" for k, v in report["params"].items())
+    lines = [f"{act.name}   q = {report['variance']:g}"]
+    if act.formula != act.name:
+        lines.append(f"  f(x) = {act.formula}" + (f"   {params}" if params else ""))
+    elif params:
+        lines.append(f"  {params}")
+    if act.reference and act.reference != "user formula":
+        lines.append(f"  reference: {act.reference}")
+    cuts = ", ".join(f"{b:g}" for b in act.breakpoints)
+    lines.append(f"  breakpoints: {cuts or 'none (smooth)'}")
+    lines.append("")
+    lines.append(f"  {'moment':<12}{'value':>26}  {'error':>9}  method")
+    for name, entry in report["moments"].items():
+        lines.append(f"  {_LABELS[name]:<12}{_fmt(entry['value']):>26}  {_fmt_err(entry['error']):>9}  {entry['method']}")
+    lines.append("")
+    lines.append(f"  {'gain':<12}{'value':>26}  std = gain / sqrt(fan)")
+    for name, value in report["gains"].items():
+        lines.append(f"  {name:<12}{_fmt(value):>26}  {_GAIN_NOTES[name]}")
+    if "monte_carlo" in report:
+        mc = report["monte_carlo"]
+        lines.append("")
+        lines.append(f"  Monte Carlo check: {mc['samples']:,} samples, seed {mc['seed']} (antithetic pairs)")
+        for name, entry in mc["moments"].items():
+            lines.append(f"  {_LABELS[name]:<12}{entry['value']:>26.10g}  ± {entry['error']:.2g}  "
+                         f"z = {entry['z_score']:+.2f}")
+        verdict = "agrees" if mc["passed"] else "DISAGREES"
+        lines.append(f"  {verdict}: max |z| = {mc['max_abs_z']:.2f} (limit {CHECK_LIMIT:g} standard errors)")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value:.16g}"
+
+
+def _fmt_err(value: Any) -> str:
+    return value if isinstance(value, str) else f"{value:.2g}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .registry import REGISTRY
+
+    entries = []
+    for act in REGISTRY.values():
+        entries.append({
+            "name": act.name,
+            "aliases": list(act.aliases),
+            "formula": act.formula,
+            "params": act.parameter_values,
+            "description": act.description,
+            "reference": act.reference,
+        })
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    width = max(len(e["name"]) for e in entries)
+    for e in entries:
+        names = e["name"] + (f" ({', '.join(e['aliases'])})" if e["aliases"] else "")
+        params = ", ".join(f"{k}={v:.17g}" for k, v in e["params"].items())
+        print(f"{names:<{width + 10}} {e['formula']}" + (f"   [{params}]" if params else ""))
+        print(f"{'':<{width + 10}} {e['reference']}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gainderive`` command; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"derive": _derive, "list": _list}[args.command](args)
+    except CheckError as exc:
+        print(f"gainderive: check failed: {exc}", file=sys.stderr)
+        return 1
+    except GainDeriveError as exc:
+        print(f"gainderive: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gainderive: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,92 @@
+r"""Variance-preserving gains from the Gaussian moments (see docs/conventions.md).
+
+With weights w ~ (0, gain^2 / fan), z ~ N(0, q) pre-activations and f the
+activation, a layer preserves
+
+* the forward signal when  fan_in Var(w) E[f(z)^2] = q:
+  gain_fan_in  = sqrt(q / E[f(z)^2])  (He et al. 2015, Glorot & Bengio 2010);
+* the backward signal when fan_out Var(w) E[f'(z)^2] = 1:
+  gain_fan_out = 1 / sqrt(E[f'(z)^2]);
+* the variance of re-centred activations when fan_in Var(w) Var f(z) = q:
+  gain_variance = sqrt(q / Var f(z)).
+
+The std of the weights is then gain / sqrt(fan).  Errors propagate to first
+order: a relative error e in a moment is a relative error e/2 in its gain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mpmath as mp
+import numpy as np
+
+from .activation import Activation
+from .errors import GainDeriveError
+from .estimate import Estimate
+from .moments import Moments, moments
+
+__all__ = ["MODES", "Gains", "gain", "gains"]
+
+#: Gain conventions: which signal a layer preserves.
+MODES = ("fan_in", "fan_out", "variance")
+
+
+@dataclass(frozen=True)
+class Gains:
+    """gain_fan_in, gain_fan_out and gain_variance, each an :class:`Estimate`."""
+
+    fan_in: Estimate
+    fan_out: Estimate
+    variance: Estimate
+
+    def __iter__(self):
+        return iter((name, getattr(self, name)) for name in MODES)
+
+
+def _inverse_sqrt_gain(numerator: Any, moment: Estimate, what: str) -> Estimate:
+    """numerator / sqrt(moment), with relative error halved."""
+    value, error = moment.value, moment.error
+    if moment.method == "high_precision":
+        if value <= 0:
+            raise GainDeriveError(f"{what} = {mp.nstr(value, 3)}, so this gain does not exist")
+        g = numerator / mp.sqrt(value)
+        return Estimate(g, g * error / (2 * value), moment.method)
+    v = np.asarray(value, dtype=float)
+    if np.any(v <= 0):
+        raise GainDeriveError(f"{what} = {float(v.ravel()[np.argmin(v.ravel())]):.3g}, so this gain does not exist")
+    g = np.asarray(numerator, dtype=float) / np.sqrt(v)
+    return Estimate(g[()], (g * np.asarray(error) / (2 * v))[()], moment.method)
+
+
+def gains(m: Moments) -> Gains:
+    """The three gains from computed moments."""
+    q = m.q
+    return Gains(
+        fan_in=_inverse_sqrt_gain(mp.sqrt(q) if m.mean.method == "high_precision" else np.sqrt(q),
+                                  m.second_moment, "E[f(z)^2] (f vanishes almost surely)"),
+        fan_out=_inverse_sqrt_gain(1, m.derivative_second_moment, "E[f'(z)^2] (f is constant)"),
+        variance=_inverse_sqrt_gain(mp.sqrt(q) if m.mean.method == "high_precision" else np.sqrt(q),
+                                    m.variance, "Var f(z) (f is constant almost surely)"),
+    )
+
+
+def gain(
+    activation: str | Activation,
+    variance: Any = 1.0,
+    mode: str = "fan_in",
+    method: str = "auto",
+    **params: Any,
+) -> Any:
+    """The variance-preserving gain of ``activation`` at input variance q.
+
+    ``mode`` is ``"fan_in"`` (forward, sqrt(q / E[f^2])), ``"fan_out"``
+    (backward, 1 / sqrt(E[f'^2])) or ``"variance"`` (sqrt(q / Var f)).
+
+    >>> round(float(gain("relu")), 15) == round(2 ** 0.5, 15)
+    True
+    """
+    if mode not in MODES:
+        raise GainDeriveError(f"unknown mode {mode!r}; accepted: {', '.join(MODES)}")
+    return getattr(gains(moments(activation, variance, method, **params)), mode).value

@@ -1,0 +1,197 @@
+r"""Gaussian moments of an activation: the quantities every gain is built from.
+
+For a pre-activation z ~ N(0, q) and an activation f:
+
+.. math::
+    \text{mean} = E[f(z)], \quad
+    \text{second\_moment} = E[f(z)^2], \quad
+    \text{derivative\_second\_moment} = E[f'(z)^2], \quad
+    \text{variance} = \operatorname{Var} f(z).
+
+The variance is computed as E[(f - c)^2] - (E[f] - c)^2 with c = f(0), not as
+E[f^2] - E[f]^2: for activations that are nearly constant over the Gaussian
+(hardsigmoid, softplus or sigmoid at small q) the latter cancels to a few
+digits, the former does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mpmath as mp
+import numpy as np
+import sympy as sp
+
+from .activation import Activation
+from .errors import FormulaError, GainDeriveError, VarianceError
+from .estimate import Estimate
+from .formula import X, parse_formula
+from .integrand import DF, F, Integrand, integrand
+from .registry import activation as make_activation
+
+__all__ = ["METHODS", "MOMENTS", "Moments", "expectation", "moments"]
+
+#: The moment names, in the order they are reported.
+MOMENTS = ("mean", "second_moment", "derivative_second_moment", "variance")
+#: Backends a computation can use; "auto" picks the most accurate available.
+METHODS = ("auto", "quadrature", "high_precision", "monte_carlo")
+
+
+@dataclass(frozen=True)
+class Moments:
+    """E[f], E[f^2], E[f'^2] and Var f at input variance ``q``, each an :class:`Estimate`."""
+
+    activation: Activation
+    q: Any
+    mean: Estimate
+    second_moment: Estimate
+    derivative_second_moment: Estimate
+    variance: Estimate
+
+    def __iter__(self):
+        return iter((name, getattr(self, name)) for name in MOMENTS)
+
+
+def check_variance(variance: Any, *, scalar: bool = False) -> Any:
+    """Validate q: finite and > 0 (a number, or an array unless ``scalar``)."""
+    if isinstance(variance, bool):
+        raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}")
+    if isinstance(variance, (mp.mpf, str)):
+        try:
+            value = mp.mpf(variance)
+        except (ValueError, TypeError):
+            raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}") from None
+        if not (mp.isfinite(value) and value > 0):
+            raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}")
+        return value
+    try:
+        q = np.asarray(variance, dtype=float)
+    except (TypeError, ValueError):
+        raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}") from None
+    if scalar and q.ndim:
+        raise VarianceError("the high-precision backend takes one variance q at a time")
+    if q.size == 0 or not np.all(np.isfinite(q)) or not np.all(q > 0):
+        bad = q[~(np.isfinite(q) & (q > 0))] if q.size else q
+        shown = bad.ravel()[0] if bad.size else "an empty array"
+        raise VarianceError(f"variance q must be finite and > 0; got {shown}")
+    return q[()] if q.ndim == 0 else q
+
+
+def _run(ig: Integrand, q: Any, method: str, options: dict) -> tuple[Estimate, ...]:
+    """Dispatch to a backend (imported on demand: the CLI pays only for the one it uses)."""
+    if method in ("auto", "quadrature"):
+        from .backends import quadrature
+
+        return quadrature.integrate(ig, check_variance(q), **_only(options, "rtol"))
+    if method == "high_precision":
+        from .backends import high_precision
+
+        return high_precision.integrate(ig, check_variance(q, scalar=True), **_only(options, "digits"))
+    if method == "monte_carlo":
+        from .backends import monte_carlo
+
+        return monte_carlo.integrate(ig, check_variance(q), **_only(options, "samples", "seed", "progress"))
+    raise GainDeriveError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+
+
+def _only(options: dict, *names: str) -> dict:
+    return {k: v for k, v in options.items() if k in names and v is not None}
+
+
+def _centre(act: Activation, method: str) -> Any:
+    """c = f(0), the shift that keeps Var f well conditioned; 0 where f(0) is not finite."""
+    value = act.expression.subs(X, 0)
+    if not (value.is_number and value.is_finite and value.is_real):
+        return sp.S.Zero
+    return value
+
+
+def moments(
+    activation: str | Activation,
+    variance: Any = 1.0,
+    method: str = "auto",
+    *,
+    digits: int | None = None,
+    samples: int | None = None,
+    seed: int | None = None,
+    rtol: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **params: Any,
+) -> Moments:
+    """E[f(z)], E[f(z)^2], E[f'(z)^2] and Var f(z) for z ~ N(0, q).
+
+    Parameters
+    ----------
+    activation:
+        A registry name, a formula in ``x``, or an :class:`Activation`.
+    variance:
+        q > 0, a number or an array (vectorised; the high-precision backend
+        takes one q at a time).
+    method:
+        ``"auto"`` or ``"quadrature"`` (float64, relative error ~1e-13),
+        ``"high_precision"`` (mpmath, ``digits`` digits, default 40) or
+        ``"monte_carlo"`` (``samples`` evaluations from ``seed``; the error is
+        one standard error).
+    params:
+        Activation parameters, e.g. ``alpha=2``.
+
+    Raises :class:`DiracDerivativeError` if f jumps (E[f'^2] is infinite).
+    """
+    act = make_activation(activation, **params)
+    c = _centre(act, method)
+    functions = {"f(z)": F, "f(z)^2": F**2, "f'(z)^2": DF**2}
+    if c != 0:
+        functions[f"(f(z) - {c})^2"] = (F - c) ** 2
+    ig = integrand(act, functions)
+    options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol, "progress": progress}
+    mean, second, derivative, *centred = _run(ig, variance, method, options)
+    variance_f = _variance(mean, centred[0] if centred else second, c)
+    q = check_variance(variance, scalar=method == "high_precision")
+    return Moments(act, q, mean, second, derivative, variance_f)
+
+
+def _variance(mean: Estimate, centred: Estimate, c: sp.Expr) -> Estimate:
+    """Var f = E[(f - c)^2] - (E f - c)^2, with the errors propagated to first order (plus the square)."""
+    if mean.method == "high_precision":
+        cc = mp.mpf(sp.N(c, mp.mp.dps + 20).__str__()) if c != 0 else mp.mpf(0)
+        d = mean.value - cc
+        return Estimate(centred.value - d * d, centred.error + 2 * abs(d) * mean.error + mean.error**2, mean.method)
+    d = np.asarray(mean.value) - float(c)
+    value = np.asarray(centred.value) - d * d
+    error = np.asarray(centred.error) + 2 * np.abs(d) * np.asarray(mean.error) + np.asarray(mean.error) ** 2
+    return Estimate(value[()], error[()], mean.method)
+
+
+def expectation(
+    activation: str | Activation,
+    h: str | sp.Expr,
+    variance: Any = 1.0,
+    method: str = "auto",
+    *,
+    digits: int | None = None,
+    samples: int | None = None,
+    seed: int | None = None,
+    rtol: float | None = None,
+    **params: Any,
+) -> Estimate:
+    """E[h(z)] for z ~ N(0, q), where h is a formula in ``f``, ``df`` (f') and ``x`` (z).
+
+    >>> round(float(expectation("relu", "df**4", 2.0).value), 12)
+    0.5
+    """
+    act = make_activation(activation, **params)
+    if isinstance(h, str):
+        expr = parse_formula(h)
+    elif isinstance(h, sp.Basic):
+        expr = h
+    else:
+        raise FormulaError(f"h must be a formula string or a sympy expression, got {type(h).__name__}")
+    extra = {s.name for s in expr.free_symbols} - {"f", "df", "x"}
+    if extra:
+        raise FormulaError(f"h may use f, df (the derivative) and x only; got {', '.join(sorted(extra))}")
+    expr = expr.subs({sp.Symbol(n, real=True): v for n, v in (("f", F), ("df", DF))})
+    ig = integrand(act, {str(h): expr})
+    options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol}
+    return _run(ig, variance, method, options)[0]

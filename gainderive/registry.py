@@ -1,0 +1,217 @@
+"""The registry of named activations, and :func:`activation` to build any activation.
+
+Each entry is a formula in the same whitelist language users write, with
+parameter defaults and the paper it comes from.  Names and parameter names
+follow PyTorch (``torch.nn.functional``) where PyTorch has the activation.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from functools import cache
+from numbers import Real
+
+import sympy as sp
+
+from .activation import Activation
+from .errors import FormulaError, ParameterError, UnknownActivationError
+from .formula import X, Macro, parameter_symbol, parse_formula
+
+__all__ = ["REGISTRY", "activation", "parse_activation_formula", "registry_names"]
+
+_SELU_ALPHA = "1.6732632423543772848170429916717"
+_SELU_SCALE = "1.0507009873554804934193349852946"
+
+
+def _entry(name, formula, params=None, reference="", description="", aliases=(), constraints=()):
+    return Activation(
+        name=name,
+        formula=formula,
+        params={k: sp.Rational(v) for k, v in (params or {}).items()},
+        reference=reference,
+        description=description,
+        aliases=tuple(aliases),
+        constraints=tuple(constraints),
+    )
+
+
+_ENTRIES = (
+    _entry("identity", "x", reference="LeCun et al. 1998, Efficient BackProp", description="f(x) = x",
+           aliases=("linear",)),
+    _entry("relu", "max(x, 0)", reference="Nair & Hinton 2010, ICML; He et al. 2015, arXiv:1502.01852",
+           description="rectified linear unit"),
+    _entry("leaky_relu", "where(x > 0, x, negative_slope*x)", {"negative_slope": "0.01"},
+           reference="Maas, Hannun & Ng 2013, ICML workshop", description="leaky ReLU"),
+    _entry("prelu", "where(x > 0, x, a*x)", {"a": "0.25"},
+           reference="He et al. 2015, arXiv:1502.01852", description="parametric ReLU (initial slope a)"),
+    _entry("elu", "where(x > 0, x, alpha*expm1(x))", {"alpha": "1"},
+           reference="Clevert, Unterthiner & Hochreiter 2016, arXiv:1511.07289", description="exponential linear unit"),
+    _entry("selu", "scale*where(x > 0, x, alpha*expm1(x))", {"alpha": _SELU_ALPHA, "scale": _SELU_SCALE},
+           reference="Klambauer et al. 2017, arXiv:1706.02515", description="scaled ELU (self-normalising)"),
+    _entry("celu", "where(x > 0, x, alpha*expm1(x/alpha))", {"alpha": "1"},
+           reference="Barron 2017, arXiv:1704.07483", description="continuously differentiable ELU",
+           constraints=("abs(alpha) > 0",)),
+    _entry("gelu", "x*Phi(x)", reference="Hendrycks & Gimpel 2016, arXiv:1606.08415",
+           description="Gaussian error linear unit, exact x*Phi(x)"),
+    _entry("gelu_tanh", "x/2*(1 + tanh(sqrt(2/pi)*(x + 0.044715*x**3)))",
+           reference="Hendrycks & Gimpel 2016, arXiv:1606.08415", description="GELU, tanh approximation"),
+    _entry("silu", "x*sigmoid(x)", reference="Elfwing, Uchibe & Doya 2018, arXiv:1702.03118; "
+           "Ramachandran, Zoph & Le 2017, arXiv:1710.05941", description="sigmoid-weighted linear unit",
+           aliases=("swish",)),
+    _entry("mish", "x*tanh(softplus(x))", reference="Misra 2019, arXiv:1908.08681", description="Mish"),
+    _entry("softplus", "softplus(beta*x)/beta", {"beta": "1"},
+           reference="Dugas et al. 2001, NeurIPS", description="log(1 + exp(beta*x))/beta, exact (no threshold)",
+           constraints=("beta > 0",)),
+    _entry("tanh", "tanh(x)", reference="LeCun et al. 1998, Efficient BackProp", description="hyperbolic tangent"),
+    _entry("sigmoid", "sigmoid(x)", reference="Rumelhart, Hinton & Williams 1986, Nature",
+           description="logistic sigmoid"),
+    _entry("erf", "erf(x)", reference="Williams 1997, NeurIPS (arcsine kernel)", description="error function"),
+    _entry("softsign", "x/(1 + abs(x))", reference="Bergstra et al. 2009; Glorot & Bengio 2010, AISTATS",
+           description="x / (1 + |x|)"),
+    _entry("hardtanh", "clip(x, min_val, max_val)", {"min_val": "-1", "max_val": "1"},
+           reference="Collobert 2004, PhD thesis", description="clip(x, min_val, max_val)",
+           constraints=("max_val > min_val",)),
+    _entry("relu6", "clip(x, 0, 6)", reference="Krizhevsky 2010, Convolutional deep belief networks on CIFAR-10",
+           description="min(max(x, 0), 6)"),
+    _entry("hardsigmoid", "clip(x/6 + 1/2, 0, 1)", reference="Howard et al. 2019, arXiv:1905.02244",
+           description="relu6(x + 3)/6"),
+    _entry("hardswish", "x*clip(x + 3, 0, 6)/6", reference="Howard et al. 2019, arXiv:1905.02244",
+           description="x * relu6(x + 3)/6"),
+    _entry("sin", "sin(x)", reference="Sitzmann et al. 2020, arXiv:2006.09661 (SIREN)", description="sine"),
+    _entry("abs", "abs(x)", reference="Jarrett et al. 2009, ICCV", description="absolute value"),
+)
+
+#: Registry name -> activation with default parameters (expression filled in on first use).
+REGISTRY: dict[str, Activation] = {a.name: a for a in _ENTRIES}
+_ALIASES = {alias: a.name for a in _ENTRIES for alias in a.aliases}
+
+
+def registry_names() -> list[str]:
+    """Registry names in registry order (aliases excluded)."""
+    return list(REGISTRY)
+
+
+def _macro(entry: Activation) -> Macro:
+    def build(argument: sp.Expr, params: Mapping[str, sp.Expr]) -> sp.Expr:
+        values = {parameter_symbol(k): params.get(k, v) for k, v in entry.params.items()}
+        # registry formulas call primitives only, so this parse never recurses into macros
+        return parse_formula(entry.formula).subs(values, simultaneous=True).subs(X, argument)
+
+    return Macro(tuple(entry.params), build)
+
+
+@cache
+def _macros() -> dict[str, Macro]:
+    macros = {name: _macro(entry) for name, entry in REGISTRY.items()}
+    macros.update({alias: macros[name] for alias, name in _ALIASES.items()})
+    return macros
+
+
+@cache
+def parse_activation_formula(text: str) -> sp.Expr:
+    """Parse a formula in which registry names may be called as functions."""
+    return parse_formula(text, macros=_macros())
+
+
+def _parameter_value(name: str, value: object) -> sp.Expr:
+    if isinstance(value, bool):
+        raise ParameterError(f"parameter {name} must be a real number, got {value!r}")
+    if isinstance(value, sp.Basic):
+        number = value
+    elif isinstance(value, Real):
+        if not math.isfinite(float(value)):
+            raise ParameterError(f"parameter {name} must be finite, got {value!r}")
+        # a float means the decimal the user typed: 0.1 is 1/10, not its binary neighbour
+        number = sp.Rational(repr(float(value))) if isinstance(value, float) else sp.Integer(int(value))
+    elif isinstance(value, str):
+        try:
+            number = parse_formula(value)
+        except FormulaError as exc:
+            raise ParameterError(f"parameter {name}={value!r} is not a number ({exc})") from None
+    else:
+        raise ParameterError(f"parameter {name} must be a real number, got {type(value).__name__}")
+    if number.free_symbols or not number.is_real or not number.is_finite:
+        raise ParameterError(f"parameter {name}={value!r} must be a finite real number (e.g. 0.5, 1/3, sqrt(2))")
+    return sp.nsimplify(number) if isinstance(number, sp.Float) else number
+
+
+def _check_constraints(act: Activation) -> None:
+    values = {parameter_symbol(k): v for k, v in act.params.items()}
+    for text in act.constraints:
+        cond = _condition(text).subs(values)
+        if cond is not sp.true and cond != sp.true:
+            shown = ", ".join(f"{k}={float(v):g}" for k, v in act.params.items())
+            raise ParameterError(f"{act.name} requires {text}; got {shown}")
+
+
+@cache
+def _condition(text: str):
+    # constraints are written by us in formula syntax: where(cond, 1, 0) parses the condition
+    return parse_formula(f"where({text}, 1, 0)").args[0].cond
+
+
+@cache
+def _registry_activation(name: str, items: tuple[tuple[str, sp.Expr], ...]) -> Activation:
+    entry = REGISTRY[name]
+    params = dict(entry.params)
+    params.update(items)
+    act = replace(entry, params=params)
+    _check_constraints(act)
+    return act
+
+
+@cache
+def _formula_activation(text: str, items: tuple[tuple[str, sp.Expr], ...]) -> Activation:
+    expr = parse_activation_formula(text)
+    free = {s.name for s in expr.free_symbols} - {"x"}
+    given = dict(items)
+    missing = sorted(free - set(given))
+    unknown = sorted(set(given) - free)
+    if missing:
+        hint = " ".join(f"--param {m}=VALUE" for m in missing)
+        raise ParameterError(f"formula has unbound parameter(s) {', '.join(missing)}; bind them with {hint}")
+    if unknown:
+        raise ParameterError(
+            f"formula has no parameter(s) {', '.join(unknown)}; its parameters are: {', '.join(sorted(free)) or 'none'}"
+        )
+    return Activation(name=text, formula=text, params=given, reference="user formula")
+
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def activation(spec: str | Activation, **params: object) -> Activation:
+    """Build an activation from a registry name, an alias, or a formula in ``x``.
+
+    >>> activation("elu", alpha=2).params["alpha"]
+    2
+    >>> activation("x*sigmoid(1.702*x)").breakpoints
+    ()
+
+    Unknown names and parameters raise :class:`UnknownActivationError` or
+    :class:`ParameterError`; formulas outside the whitelist raise
+    :class:`FormulaError`.
+    """
+    if isinstance(spec, Activation):
+        if not params:
+            return spec
+        spec = spec.formula if spec.name not in REGISTRY else spec.name
+    if not isinstance(spec, str):
+        raise FormulaError(f"an activation is a registry name or a formula string, got {type(spec).__name__}")
+    key = spec.strip()
+    key = _ALIASES.get(key, key)
+    values = {name: _parameter_value(name, v) for name, v in params.items()}
+    if key in REGISTRY:
+        entry = REGISTRY[key]
+        unknown = sorted(set(values) - set(entry.params))
+        if unknown:
+            accepted = ", ".join(entry.params) or "none"
+            raise ParameterError(f"{key} has no parameter(s) {', '.join(unknown)}; accepted: {accepted}")
+        return _registry_activation(key, tuple(sorted(values.items())))
+    if _IDENTIFIER.match(key) and key != "x":
+        names = ", ".join(registry_names())
+        raise UnknownActivationError(f"unknown activation {key!r}; accepted: {names}, or a formula in x")
+    return _formula_activation(key, tuple(sorted(values.items())))
