@@ -1,0 +1,80 @@
+"""Every class of bad input gets a specific, one-line error from the API -- never a silently wrong number."""
+
+import numpy as np
+import pytest
+
+import gainderive as gd
+from gainderive.errors import (
+    ConvergenceError,
+    DiracDerivativeError,
+    DivergenceError,
+    FormulaError,
+    GainDeriveError,
+    ParameterError,
+    UnknownActivationError,
+    VarianceError,
+)
+
+CASES = [
+    # (activation, kwargs for moments(), expected error class, message fragment)
+    ("__import__('os').system('echo pwned')", {}, FormulaError, "plain function names"),
+    ("x +", {}, FormulaError, "cannot parse"),
+    ("nosuch", {}, UnknownActivationError, "unknown activation"),
+    ("elu", {"gamma": 1}, ParameterError, "no parameter"),
+    ("x*k", {}, ParameterError, "unbound"),
+    ("elu", {"variance": 0.0}, VarianceError, "> 0"),
+    ("elu", {"variance": -1.0}, VarianceError, "> 0"),
+    ("elu", {"variance": float("nan")}, VarianceError, "finite"),
+    ("elu", {"variance": float("inf")}, VarianceError, "finite"),
+    ("elu", {"variance": [1.0, -2.0]}, VarianceError, "> 0"),
+    ("elu", {"variance": "abc"}, VarianceError, "finite number"),
+    ("exp(x**2)", {"variance": 1.0}, DivergenceError, "overflows"),  # E[e^{z^2}] = inf for q >= 1/2
+    ("exp(x**2)", {"variance": 0.49}, DivergenceError, "overflows"),  # finite for q < 1/2, but e^{z^2} overflows
+    ("1/x", {}, ConvergenceError, "singular"),
+    ("exp(x)", {"variance": 1000.0}, DivergenceError, "overflows"),  # E[e^{2z}] = e^{2000} > 1.8e308
+    ("log(x)", {}, DivergenceError, "not a real number"),
+    ("sign(x)", {}, DiracDerivativeError, "jumps by 2 at z = 0"),
+    ("Heaviside(x - 1)", {}, DiracDerivativeError, "at z = 1"),
+    ("where(x > 1, 1, 0)", {}, DiracDerivativeError, "Dirac"),
+    ("elu", {"method": "simpson"}, GainDeriveError, "unknown method"),
+    ("elu", {"method": "monte_carlo", "samples": 1}, GainDeriveError, "samples"),
+]
+
+
+@pytest.mark.parametrize(("act", "kwargs", "error", "fragment"), CASES, ids=[f"{a[:20]}-{e.__name__}" for a, _, e, _ in CASES])
+def test_bad_input_raises(act, kwargs, error, fragment):
+    with pytest.raises(error) as info:
+        gd.moments(act, **kwargs)
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_integrand_that_has_not_decayed_at_the_truncation_point():
+    # h = e^{0.4775 z^2} stays below the double limit at |z| = 38.5, yet h*phi there is not negligible
+    with pytest.raises(DivergenceError, match="not decayed"):
+        gd.expectation("exp(0.4775*x**2)", "f", 1.0)
+
+
+def test_expectations_of_f_alone_survive_a_jump():
+    # E[sign(z)^2] = 1 exactly; only f' carries the Dirac mass
+    est = gd.expectation("sign(x)", "f**2", 1.0)
+    assert abs(est.value - 1.0) <= 1e-14 and est.error < 1e-13
+
+
+def test_gains_that_do_not_exist():
+    with pytest.raises(GainDeriveError, match="f is constant"):
+        gd.gain("3 + 0*x", mode="fan_out")
+    with pytest.raises(GainDeriveError, match="unknown mode"):
+        gd.gain("relu", mode="fan_sideways")
+
+
+def test_expectation_rejects_foreign_names():
+    with pytest.raises(FormulaError, match="f, df"):
+        gd.expectation("relu", "g**2")
+    with pytest.raises(FormulaError):
+        gd.expectation("relu", 3)
+
+
+def test_high_precision_takes_one_variance():
+    with pytest.raises(VarianceError, match="one variance"):
+        gd.moments("relu", np.array([1.0, 2.0]), method="high_precision")
