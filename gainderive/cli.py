@@ -88,7 +88,8 @@ def _number(value: Any, digits: int | None) -> Any:
 
     if digits is None:
         return float(value)
-    return mp.nstr(mp.mpf(value), digits, strip_zeros=False, min_fixed=-5, max_fixed=digits + 1)
+    with mp.workdps(digits + 5):  # mp.mpf() rounds to the working precision: widen it first
+        return mp.nstr(mp.mpf(value), digits, strip_zeros=False, min_fixed=-5, max_fixed=digits + 1)
 
 
 def _error(value: Any, digits: int | None) -> Any:

@@ -62,6 +62,13 @@ def _inverse_sqrt_gain(numerator: Any, moment: Estimate, what: str) -> Estimate:
 
 def gains(m: Moments) -> Gains:
     """The three gains from computed moments."""
+    if m.digits is not None:
+        with mp.workdps(m.digits + 10):
+            return _gains(m)
+    return _gains(m)
+
+
+def _gains(m: Moments) -> Gains:
     q = m.q
     return Gains(
         fan_in=_inverse_sqrt_gain(mp.sqrt(q) if m.mean.method == "high_precision" else np.sqrt(q),

@@ -49,6 +49,7 @@ class Moments:
     second_moment: Estimate
     derivative_second_moment: Estimate
     variance: Estimate
+    digits: int | None = None  # working precision of high-precision results; None for float64
 
     def __iter__(self):
         return iter((name, getattr(self, name)) for name in MOMENTS)
@@ -60,7 +61,7 @@ def check_variance(variance: Any, *, scalar: bool = False) -> Any:
         raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}")
     if isinstance(variance, (mp.mpf, str)):
         try:
-            value = mp.mpf(variance)
+            value = mp.mpf(variance)  # at the caller's working precision: decimal strings stay exact there
         except (ValueError, TypeError):
             raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}") from None
         if not (mp.isfinite(value) and value > 0):
@@ -84,15 +85,15 @@ def _run(ig: Integrand, q: Any, method: str, options: dict) -> tuple[Estimate, .
     if method in ("auto", "quadrature"):
         from .backends import quadrature
 
-        return quadrature.integrate(ig, check_variance(q), **_only(options, "rtol"))
+        return quadrature.integrate(ig, q, **_only(options, "rtol"))
     if method == "high_precision":
         from .backends import high_precision
 
-        return high_precision.integrate(ig, check_variance(q, scalar=True), **_only(options, "digits"))
+        return high_precision.integrate(ig, q, **_only(options, "digits"))
     if method == "monte_carlo":
         from .backends import monte_carlo
 
-        return monte_carlo.integrate(ig, check_variance(q), **_only(options, "samples", "seed", "progress"))
+        return monte_carlo.integrate(ig, q, **_only(options, "samples", "seed", "progress"))
     raise GainDeriveError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
 
 
@@ -146,16 +147,35 @@ def moments(
         functions[f"(f(z) - {c})^2"] = (F - c) ** 2
     ig = integrand(act, functions)
     options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol, "progress": progress}
-    mean, second, derivative, *centred = _run(ig, variance, method, options)
-    variance_f = _variance(mean, centred[0] if centred else second, c)
-    q = check_variance(variance, scalar=method == "high_precision")
-    return Moments(act, q, mean, second, derivative, variance_f)
+    if method != "high_precision":
+        mean, second, derivative, *centred = _run(ig, check_variance(variance), method, options)
+        return Moments(act, check_variance(variance), mean, second, derivative,
+                       _variance(mean, centred[0] if centred else second, c))
+    digits = digits or DEFAULT_DIGITS
+    with mp.workdps(digits + _GUARD):
+        q = _exact_variance(variance)
+        mean, second, derivative, *centred = _run(ig, q, method, {**options, "digits": digits})
+        return Moments(act, q, mean, second, derivative, _variance(mean, centred[0] if centred else second, c),
+                       digits=digits)
+
+
+DEFAULT_DIGITS = 40
+_GUARD = 10
+
+
+def _exact_variance(variance: Any) -> mp.mpf:
+    """q at the current mpmath precision; a float means the decimal it prints as (0.1 is 1/10)."""
+    if isinstance(variance, float):
+        variance = repr(variance)
+    elif isinstance(variance, (int, np.integer)) and not isinstance(variance, bool):
+        variance = str(int(variance))
+    return check_variance(variance if isinstance(variance, (str, mp.mpf)) else check_variance(variance, scalar=True))
 
 
 def _variance(mean: Estimate, centred: Estimate, c: sp.Expr) -> Estimate:
     """Var f = E[(f - c)^2] - (E f - c)^2, with the errors propagated to first order (plus the square)."""
-    if mean.method == "high_precision":
-        cc = mp.mpf(sp.N(c, mp.mp.dps + 20).__str__()) if c != 0 else mp.mpf(0)
+    if mean.method == "high_precision":  # runs inside the caller's working precision
+        cc = mp.mpf(str(sp.N(c, mp.mp.dps + 5))) if c != 0 else mp.mpf(0)
         d = mean.value - cc
         return Estimate(centred.value - d * d, centred.error + 2 * abs(d) * mean.error + mean.error**2, mean.method)
     d = np.asarray(mean.value) - float(c)
@@ -194,4 +214,8 @@ def expectation(
     expr = expr.subs({sp.Symbol(n, real=True): v for n, v in (("f", F), ("df", DF))})
     ig = integrand(act, {str(h): expr})
     options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol}
-    return _run(ig, variance, method, options)[0]
+    if method != "high_precision":
+        return _run(ig, check_variance(variance), method, options)[0]
+    digits = digits or DEFAULT_DIGITS
+    with mp.workdps(digits + _GUARD):
+        return _run(ig, _exact_variance(variance), method, {**options, "digits": digits})[0]

@@ -76,13 +76,14 @@ def _one_variance(integrand: Integrand, q, digits: int) -> list[tuple[mp.mpf, mp
 def integrate(integrand: Integrand, variance, *, digits: int = 40) -> tuple[Estimate, ...]:
     """E[h_j(z)] at ``digits`` significant digits for each h_j of ``integrand``.
 
-    ``variance`` is one q or a sequence of them; values and errors are mpmath
-    numbers (lists of them for a sequence).
+    ``variance`` is one q or a sequence of them (mpmath numbers or decimal
+    strings, so that q is exact at the working precision); values and errors
+    are mpmath numbers (lists of them for a sequence).
     """
-    scalar = not isinstance(variance, (list, tuple)) and getattr(variance, "ndim", 0) == 0
+    scalar = not isinstance(variance, (list, tuple))
     qs = [variance] if scalar else list(variance)
     with mp.workdps(digits + _GUARD):
-        rows = [_one_variance(integrand, mp.mpf(str(q)) if isinstance(q, float) else mp.mpf(q), digits) for q in qs]
+        rows = [_one_variance(integrand, mp.mpf(q), digits) for q in qs]
     out = []
     for j in range(len(integrand.labels)):
         values = [row[j][0] for row in rows]
