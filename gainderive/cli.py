@@ -177,7 +177,8 @@ def _table(report: dict[str, Any], act, m, g) -> str:
     lines.append("")
     lines.append(f"  {'moment':<12}{'value':>26}  {'error':>9}  method")
     for name, entry in report["moments"].items():
-        lines.append(f"  {_LABELS[name]:<12}{_fmt(entry['value']):>26}  {_fmt_err(entry['error']):>9}  {entry['method']}")
+        value, error = _fmt(entry["value"]), _fmt_err(entry["error"])
+        lines.append(f"  {_LABELS[name]:<12}{value:>26}  {error:>9}  {entry['method']}")
     lines.append("")
     lines.append(f"  {'gain':<12}{'value':>26}  std = gain / sqrt(fan)")
     for name, value in report["gains"].items():

@@ -267,11 +267,13 @@ class Program:
             elif fn == "const":
                 results[i] = args[0]
             else:
-                results[i] = fn(*(results[j] for j in args))
+                results[i] = fn(*[results[j] for j in args])
         out = [results[k] for k in self._outputs]
         if self.backend == "numpy":
-            shape = np.broadcast_shapes(*(np.shape(v) for v in values))
-            out = [np.broadcast_to(np.asarray(v, dtype=float), shape) for v in out]
+            # constants (f' = 1 on a linear piece) come back as scalars: give every output the input's shape
+            shape = np.shape(values[0]) if len(values) == 1 else np.broadcast_shapes(*(np.shape(v) for v in values))
+            out = [v if isinstance(v, np.ndarray) and v.shape == shape else np.broadcast_to(np.asarray(v, dtype=float),
+                                                                                              shape) for v in out]
         return out
 
 

@@ -21,7 +21,7 @@ import sympy as sp
 from .errors import FormulaError
 from .functions import Phi, sigmoid, softplus
 
-__all__ = ["FUNCTIONS", "X", "Macro", "parameter_symbol", "parse_formula"]
+__all__ = ["FUNCTIONS", "Macro", "X", "parameter_symbol", "parse_formula"]
 
 #: The pre-activation variable of every formula.
 X = sp.Symbol("x", real=True)
@@ -265,7 +265,8 @@ class _Parser:
         if isinstance(node, ast.Constant) and node.value is True:
             return sp.true
         if isinstance(node, ast.Compare):
-            rel = {ast.Gt: sp.StrictGreaterThan, ast.Lt: sp.StrictLessThan, ast.GtE: sp.GreaterThan, ast.LtE: sp.LessThan}
+            rel = {ast.Gt: sp.StrictGreaterThan, ast.Lt: sp.StrictLessThan,
+                   ast.GtE: sp.GreaterThan, ast.LtE: sp.LessThan}
             terms = [self.expr(node.left, d), *(self.expr(c, d) for c in node.comparators)]
             parts = []
             for op, a, b in zip(node.ops, terms, terms[1:]):
@@ -302,4 +303,5 @@ def parse_formula(text: str, *, macros: Mapping[str, Macro] | None = None) -> sp
         raise
     except (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError, AttributeError) as exc:
         # sympy may reject a combination the grammar allows (e.g. a relational in arithmetic)
-        raise FormulaError(f"formula {text.strip()[:60]!r} is not a valid real expression ({type(exc).__name__})") from None
+        shown = text.strip()[:60]
+        raise FormulaError(f"formula {shown!r} is not a valid real expression ({type(exc).__name__})") from None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import sympy as sp
 
@@ -49,8 +49,16 @@ class Integrand:
 
 
 def integrand(act: Activation, functions: Mapping[str, sp.Expr]) -> Integrand:
-    """Describe E[h(z)] for each ``label: h`` in ``functions`` (h in f, df and x)."""
-    exprs = tuple(sp.sympify(h) for h in functions.values())
+    """Describe E[h(z)] for each ``label: h`` in ``functions`` (h in f, df and x).
+
+    Cached per activation, so repeated calls reuse the compiled programs.
+    """
+    return _integrand(act, tuple((label, sp.sympify(h)) for label, h in functions.items()))
+
+
+@lru_cache(maxsize=256)
+def _integrand(act: Activation, functions: tuple[tuple[str, sp.Expr], ...]) -> Integrand:
+    exprs = tuple(h for _, h in functions)
     if act.jumps and any(h.has(DF) for h in exprs):
         raise DiracDerivativeError(
             f"{act.name} jumps {act.describe_jumps()}, so f' has a Dirac mass there and "
@@ -60,4 +68,4 @@ def integrand(act: Activation, functions: Mapping[str, sp.Expr]) -> Integrand:
         tuple(h.subs({F: p.expression, DF: p.derivative}, simultaneous=True) for h in exprs) for p in act.pieces
     )
     nonnegative = tuple(bool(h.is_nonnegative) for h in exprs)
-    return Integrand(tuple(functions), act.breakpoints, pieces, nonnegative)
+    return Integrand(tuple(label for label, _ in functions), act.breakpoints, pieces, nonnegative)

@@ -18,7 +18,7 @@ import sympy as sp
 
 from .activation import Activation
 from .errors import FormulaError, ParameterError, UnknownActivationError
-from .formula import X, Macro, parameter_symbol, parse_formula
+from .formula import Macro, X, parameter_symbol, parse_formula
 
 __all__ = ["REGISTRY", "activation", "parse_activation_formula", "registry_names"]
 

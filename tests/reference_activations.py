@@ -35,6 +35,7 @@ How the integrals are computed (see ``reference_moments``):
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -164,9 +165,7 @@ _ZERO_KINK = lambda p: [mp.zero]  # noqa: E731
 
 ACTIVATIONS: dict[str, Activation] = {
     "identity": Activation(f=lambda x, p: x, df=lambda x, p: mp.one),
-    "relu": Activation(
-        f=lambda x, p: max(x, mp.zero), df=lambda x, p: _step(x, 0, mp.inf), kinks=_ZERO_KINK
-    ),
+    "relu": Activation(f=lambda x, p: max(x, mp.zero), df=lambda x, p: _step(x, 0, mp.inf), kinks=_ZERO_KINK),
     "leaky_relu": Activation(
         f=lambda x, p: x if x > 0 else p["negative_slope"] * x,
         df=lambda x, p: mp.one if x > 0 else p["negative_slope"],
@@ -217,9 +216,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "erf": Activation(f=lambda x, p: mp.erf(x), df=lambda x, p: 2 / mp.sqrt(mp.pi) * mp.exp(-(x**2))),
     "sin": Activation(f=lambda x, p: mp.sin(x), df=lambda x, p: mp.cos(x), half_period=lambda: mp.pi),
     # f' = 1/(1+|x|)^2 has a corner at 0.
-    "softsign": Activation(
-        f=lambda x, p: x / (1 + abs(x)), df=lambda x, p: 1 / (1 + abs(x)) ** 2, kinks=_ZERO_KINK
-    ),
+    "softsign": Activation(f=lambda x, p: x / (1 + abs(x)), df=lambda x, p: 1 / (1 + abs(x)) ** 2, kinks=_ZERO_KINK),
     "hardtanh": Activation(
         f=lambda x, p: _clip(x, p["min_val"], p["max_val"]),
         df=lambda x, p: _step(x, p["min_val"], p["max_val"]),
@@ -274,7 +271,7 @@ def _integrate(act: Activation, p: Params, q: mpmath.mpf, maxdegree: int):
     totals = dict.fromkeys(MOMENT_NAMES, mp.zero)
     errors = dict.fromkeys(MOMENT_NAMES, mp.zero)
     points = _breakpoints(act, p, sqrt_q)
-    for a, b in zip(points[:-1], points[1:]):
+    for a, b in itertools.pairwise(points):
         # The three moments are integrated separately but mostly at the same nodes;
         # caching f and f' at each t makes that nearly free.
         cache: dict = {}

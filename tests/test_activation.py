@@ -130,7 +130,7 @@ def test_parameters_bind_and_validate():
         with pytest.raises(ParameterError):
             gd.activation("elu", alpha=bad)
     with pytest.raises(ParameterError, match="undefined"):
-        gd.activation("x/a", a=0).pieces
+        _ = gd.activation("x/a", a=0).pieces
 
 
 def test_unknown_names():

@@ -41,7 +41,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("act", "kwargs", "error", "fragment"), CASES, ids=[f"{a[:20]}-{e.__name__}" for a, _, e, _ in CASES])
+@pytest.mark.parametrize(("act", "kwargs", "error", "fragment"), CASES,
+                         ids=[f"{a[:20]}-{e.__name__}" for a, _, e, _ in CASES])
 def test_bad_input_raises(act, kwargs, error, fragment):
     with pytest.raises(error) as info:
         gd.moments(act, **kwargs)

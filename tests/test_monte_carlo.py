@@ -3,9 +3,9 @@
 import mpmath as mp
 import numpy as np
 import pytest
+from closed_forms import closed_form
 
 import gainderive as gd
-from closed_forms import closed_form
 
 LIMIT = 5.0  # standard errors; with fixed seeds the test is deterministic, 5 SE leaves no room for flakiness
 

@@ -6,9 +6,9 @@ import pathlib
 import mpmath as mp
 import numpy as np
 import pytest
+from closed_forms import closed_form
 
 import gainderive as gd
-from closed_forms import closed_form
 
 Q_GRID = np.logspace(-3, 3, 121)  # the range the accuracy target covers, 20 points per decade
 # Target of the foundation issue: relative error <= 1e-12.  For the mean, which can vanish (odd f) or cancel

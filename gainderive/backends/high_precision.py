@@ -49,7 +49,7 @@ def _one_variance(integrand: Integrand, q, digits: int) -> list[tuple[mp.mpf, mp
         program = programs[sum(1 for c in cuts if s * mid > c)]
         for j in range(m):
 
-            def integrand_j(t, j=j):
+            def integrand_j(t, j=j, program=program):
                 value = program(s * t)[j] * mp.npdf(t)
                 if isinstance(value, mp.mpc) or not mp.isfinite(value):
                     raise DivergenceError(

@@ -28,22 +28,33 @@ DEFAULT_SAMPLES = 2**21
 _CHUNK = 8192  # draws per chunk (x2 evaluations): small enough that numpy recycles the buffers
 
 
-def _evaluate(integrand: Integrand, z: np.ndarray) -> np.ndarray:
-    """h_j(z) for all j, each piece's program on the samples in its interval."""
-    out = np.empty((len(integrand.labels), *z.shape))
+def _pair_averages(integrand: Integrand, z: np.ndarray) -> np.ndarray:
+    """(h_j(z) + h_j(-z)) / 2 for every h_j, each piece's program on the samples in its interval."""
     cuts = integrand.breakpoints
+    programs = integrand.numpy_pieces
     with np.errstate(all="ignore"):
         if not cuts:
-            for j, h in enumerate(integrand.numpy_pieces[0](z)):
-                out[j] = h
-            return out
-        which = np.searchsorted(np.asarray(cuts), z)
-        for k, program in enumerate(integrand.numpy_pieces):
-            mask = which == k
-            if mask.any():
-                for j, h in enumerate(program(z[mask])):
-                    out[j][mask] = h
-    return out
+            plus, minus = programs[0](z), programs[0](-z)
+        elif cuts == (0.0,):
+            # a kink at 0 only: of each pair (z, -z) one sample lies on each side, so no masks are needed
+            a = np.abs(z)
+            plus, minus = programs[1](a), programs[0](-a)
+        else:
+            both = np.concatenate([z, -z])
+            values = np.empty((len(integrand.labels), *both.shape))
+            which = np.searchsorted(np.asarray(cuts), both)
+            for k, program in enumerate(programs):
+                mask = which == k
+                if mask.any():
+                    for j, h in enumerate(program(both[mask])):
+                        values[j][mask] = h
+            n = z.shape[0]
+            return 0.5 * (values[:, :n] + values[:, n:])
+        y = np.empty((len(plus), *z.shape))
+        for j, (hp, hm) in enumerate(zip(plus, minus)):
+            np.add(hp, hm, out=y[j])
+        y *= 0.5
+        return y
 
 
 def integrate(
@@ -76,9 +87,7 @@ def integrate(
     while done < pairs:
         n = min(per_chunk, pairs - done)
         rng.standard_normal(out=x[:n])
-        z = np.concatenate([x[:n, None] * s, -x[:n, None] * s])
-        h = _evaluate(integrand, z)
-        y = 0.5 * (h[:, :n] + h[:, n:])
+        y = _pair_averages(integrand, x[:n, None] * s)
         if not np.isfinite(y).all():
             j = int(np.nonzero(~np.isfinite(y))[0][0])
             raise DivergenceError(
