@@ -86,7 +86,7 @@ class Activation:
         """f(x) with parameters as symbols."""
         from .registry import parse_activation_formula  # registry names are callable inside formulas
 
-        return parse_activation_formula(self.formula)
+        return parse_activation_formula(self.formula).expression
 
     @cached_property
     def expression(self) -> sp.Expr:

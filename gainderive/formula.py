@@ -21,7 +21,7 @@ import sympy as sp
 from .errors import FormulaError
 from .functions import Phi, sigmoid, softplus
 
-__all__ = ["FUNCTIONS", "Macro", "X", "parameter_symbol", "parse_formula"]
+__all__ = ["FUNCTIONS", "X", "Macro", "Parsed", "parameter_symbol", "parse", "parse_formula"]
 
 #: The pre-activation variable of every formula.
 X = sp.Symbol("x", real=True)
@@ -82,11 +82,21 @@ class Macro:
     """A named activation callable inside formulas, e.g. ``elu(x, alpha=2)``.
 
     ``build(argument, params)`` returns the activation's expression at
-    ``argument`` with ``params`` (name -> sympy expression) overriding defaults.
+    ``argument`` with ``params`` (name -> sympy expression) overriding
+    defaults, and the conditions on the parameters it still needs once the
+    formula's own parameters are bound (it raises for ones already violated).
     """
 
     params: tuple[str, ...]
-    build: Callable[[sp.Expr, Mapping[str, sp.Expr]], sp.Expr]
+    build: Callable[[sp.Expr, Mapping[str, sp.Expr]], tuple[sp.Expr, tuple]]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parsed formula and the parameter conditions its registry calls impose (e.g. beta > 0)."""
+
+    expression: sp.Expr
+    conditions: tuple = ()
 
 
 def parameter_symbol(name: str) -> sp.Symbol:
@@ -102,6 +112,7 @@ class _Parser:
     def __init__(self, text: str, macros: Mapping[str, Macro]):
         self.text = text
         self.macros = macros
+        self.conditions: list = []
 
     # -- entry -----------------------------------------------------------
     def parse(self) -> sp.Expr:
@@ -243,7 +254,9 @@ class _Parser:
             if kw.arg in params:
                 raise _fail(f"{name}() got parameter {kw.arg!r} twice")
             params[kw.arg] = self.expr(kw.value, depth)
-        return self.checked(macro.build(argument, params))
+        expression, conditions = macro.build(argument, params)
+        self.conditions.extend(c for c in conditions if c not in self.conditions)
+        return self.checked(expression)
 
     def piecewise(self, node: ast.Call, depth: int) -> sp.Expr:
         if node.keywords or not node.args:
@@ -291,6 +304,11 @@ def parse_formula(text: str, *, macros: Mapping[str, Macro] | None = None) -> sp
     Raises :class:`FormulaError` (one line, naming the problem and what is
     accepted) for anything outside the whitelist; no other exception escapes.
     """
+    return parse(text, macros=macros).expression
+
+
+def parse(text: str, *, macros: Mapping[str, Macro] | None = None) -> Parsed:
+    """Like :func:`parse_formula`, also returning the conditions registry calls impose on parameters."""
     if not isinstance(text, str):
         raise FormulaError(f"a formula must be a string, got {type(text).__name__}")
     if len(text) > MAX_LENGTH:
@@ -298,7 +316,9 @@ def parse_formula(text: str, *, macros: Mapping[str, Macro] | None = None) -> sp
     if not text.strip():
         raise FormulaError("formula is empty; write an expression in x, e.g. x*sigmoid(x)")
     try:
-        return _Parser(text, macros or {}).parse()
+        parser = _Parser(text, macros or {})
+        expression = parser.parse()
+        return Parsed(expression, tuple(parser.conditions))
     except FormulaError:
         raise
     except (TypeError, ValueError, ArithmeticError, RecursionError, MemoryError, AttributeError) as exc:

@@ -18,7 +18,7 @@ import sympy as sp
 
 from .activation import Activation
 from .errors import FormulaError, ParameterError, UnknownActivationError
-from .formula import Macro, X, parameter_symbol, parse_formula
+from .formula import X, Macro, Parsed, parameter_symbol, parse, parse_formula
 
 __all__ = ["REGISTRY", "activation", "parse_activation_formula", "registry_names"]
 
@@ -95,10 +95,19 @@ def registry_names() -> list[str]:
 
 
 def _macro(entry: Activation) -> Macro:
-    def build(argument: sp.Expr, params: Mapping[str, sp.Expr]) -> sp.Expr:
+    def build(argument: sp.Expr, params: Mapping[str, sp.Expr]) -> tuple[sp.Expr, tuple]:
         values = {parameter_symbol(k): params.get(k, v) for k, v in entry.params.items()}
+        pending = []
+        for text in entry.constraints:
+            cond = _condition(text).subs(values, simultaneous=True)
+            if cond is sp.false or cond == sp.false:
+                shown = ", ".join(f"{k}={v}" for k, v in params.items())
+                raise FormulaError(f"{entry.name}() requires {text}; got {shown}")
+            if cond is not sp.true and cond != sp.true:
+                pending.append(cond)  # depends on the formula's own parameters: checked when they are bound
         # registry formulas call primitives only, so this parse never recurses into macros
-        return parse_formula(entry.formula).subs(values, simultaneous=True).subs(X, argument)
+        expression = parse_formula(entry.formula).subs(values, simultaneous=True).subs(X, argument)
+        return expression, tuple(pending)
 
     return Macro(tuple(entry.params), build)
 
@@ -111,9 +120,9 @@ def _macros() -> dict[str, Macro]:
 
 
 @cache
-def parse_activation_formula(text: str) -> sp.Expr:
+def parse_activation_formula(text: str) -> Parsed:
     """Parse a formula in which registry names may be called as functions."""
-    return parse_formula(text, macros=_macros())
+    return parse(text, macros=_macros())
 
 
 def _parameter_value(name: str, value: object) -> sp.Expr:
@@ -165,8 +174,8 @@ def _registry_activation(name: str, items: tuple[tuple[str, sp.Expr], ...]) -> A
 
 @cache
 def _formula_activation(text: str, items: tuple[tuple[str, sp.Expr], ...]) -> Activation:
-    expr = parse_activation_formula(text)
-    free = {s.name for s in expr.free_symbols} - {"x"}
+    parsed = parse_activation_formula(text)
+    free = {s.name for s in parsed.expression.free_symbols} - {"x"}
     given = dict(items)
     missing = sorted(free - set(given))
     unknown = sorted(set(given) - free)
@@ -177,6 +186,11 @@ def _formula_activation(text: str, items: tuple[tuple[str, sp.Expr], ...]) -> Ac
         raise ParameterError(
             f"formula has no parameter(s) {', '.join(unknown)}; its parameters are: {', '.join(sorted(free)) or 'none'}"
         )
+    values = {parameter_symbol(k): v for k, v in given.items()}
+    for cond in parsed.conditions:
+        if cond.subs(values, simultaneous=True) is not sp.true:
+            shown = ", ".join(f"{k}={float(v):g}" for k, v in given.items())
+            raise ParameterError(f"the formula requires {cond} (a registry activation's parameter range); got {shown}")
     return Activation(name=text, formula=text, params=given, reference="user formula")
 
 

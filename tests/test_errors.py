@@ -79,3 +79,15 @@ def test_expectation_rejects_foreign_names():
 def test_high_precision_takes_one_variance():
     with pytest.raises(VarianceError, match="one variance"):
         gd.moments("relu", np.array([1.0, 2.0]), method="high_precision")
+
+
+def test_high_precision_refuses_divergent_integrals():
+    # E[e^{z^2/2}]-type integrands: h(z) phi(z) is constant, the integral is infinite at every precision
+    with pytest.raises(DivergenceError, match="not decayed"):
+        gd.expectation("exp(x**2/4)", "f**2", 1.0, method="high_precision", digits=20)
+    # and accepts a finite one that decays slowly: E[e^{0.45 z^2}] = 1/sqrt(1 - 0.9) at q = 1
+    import mpmath as mp
+
+    with mp.workdps(30):
+        est = gd.expectation("exp(0.45*x**2)", "f", "1", method="high_precision", digits=20)
+        assert abs(est.value - 1 / mp.sqrt(mp.mpf("0.1"))) < mp.mpf(10) ** -19

@@ -84,21 +84,35 @@ INVALID = [
 @pytest.mark.parametrize(("text", "fragment"), INVALID, ids=[repr(t[:30]) for t, _ in INVALID])
 def test_rejects_with_a_one_line_message(text, fragment):
     with pytest.raises(FormulaError) as info:
-        parse_activation_formula(text) if "elu" in text else parse_formula(text)
+        parse_activation_formula(text).expression if "elu" in text else parse_formula(text)
     message = str(info.value)
     assert fragment in message
     assert "\n" not in message
 
 
 def test_registry_names_are_functions_in_formulas():
-    elu2 = parse_activation_formula("elu(x, alpha=2)")
+    elu2 = parse_activation_formula("elu(x, alpha=2)").expression
     assert sp.simplify(elu2 - sp.Piecewise((X, X > 0), (2 * (sp.exp(X) - 1), True))) == 0
     # positional parameters in declaration order, and another parameter as the value
-    leaky = parse_activation_formula("leaky_relu(x, a)")
+    leaky = parse_activation_formula("leaky_relu(x, a)").expression
     assert sp.simplify(leaky - sp.Piecewise((X, X > 0), (a * X, True))) == 0
     # composition: the argument is substituted for x
-    composed = parse_activation_formula("relu(x - 1)")
+    composed = parse_activation_formula("relu(x - 1)").expression
     assert sp.simplify(composed - sp.Max(X - 1, 0)) == 0
+
+
+def test_registry_parameter_ranges_hold_inside_formulas():
+    with pytest.raises(FormulaError, match="softplus\\(\\) requires beta > 0"):
+        parse_activation_formula("softplus(x, beta=-1)")
+    with pytest.raises(FormulaError, match="max_val > min_val"):
+        parse_activation_formula("hardtanh(x, 1, -1)")
+    # a range that depends on the formula's own parameter is checked when it is bound
+    from gainderive import activation
+    from gainderive.errors import ParameterError
+
+    assert activation("softplus(x, beta=b)", b=2).params["b"] == 2
+    with pytest.raises(ParameterError, match="b > 0"):
+        activation("softplus(x, beta=b)", b=-1)
 
 
 # Hypothesis: whatever the string, the parser returns an expression or raises FormulaError -- nothing else.
@@ -109,7 +123,7 @@ _ALPHABET = "x0123456789.+-*/()<>=!,&|~^% eaplgtwhrsinmoqbcdfuvkjyz_'\"[]{}:;@#\
 @given(st.text(alphabet=_ALPHABET, max_size=60))
 def test_arbitrary_strings_raise_only_formula_errors(text):
     try:
-        result = parse_activation_formula(text)
+        result = parse_activation_formula(text).expression
     except FormulaError:
         return
     assert isinstance(result, sp.Basic)
@@ -123,7 +137,7 @@ _TOKENS = ["x", "1", "2.5", "a", "+", "-", "*", "/", "**", "(", ")", ",", "exp",
 @given(st.lists(st.sampled_from(_TOKENS), max_size=14))
 def test_token_soup_raises_only_formula_errors(tokens):
     try:
-        result = parse_activation_formula("".join(tokens))
+        result = parse_activation_formula("".join(tokens)).expression
     except FormulaError:
         return
     assert isinstance(result, sp.Basic)

@@ -14,8 +14,8 @@ Q_GRID = np.logspace(-3, 3, 121)  # the range the accuracy target covers, 20 poi
 # Target of the foundation issue: relative error <= 1e-12.  For the mean, which can vanish (odd f) or cancel
 # between the two sides of a kink, "relative" is taken against sqrt(E f^2) >= E|f|, the size of the integrand.
 RTOL = 1e-12
-CLOSED = [("identity", None), ("relu", None), ("prelu", 0.25), ("abs", None), ("elu", None), ("sin", None),
-          ("erf", None), ("hardtanh", None)]
+CLOSED = [("identity", None), ("relu", None), ("prelu", 0.25), ("leaky_relu", 0.01), ("abs", None), ("elu", None),
+          ("sin", None), ("erf", None), ("hardtanh", None)]
 
 
 def _check(act_name, est, exact, scale):
@@ -32,9 +32,13 @@ def _check(act_name, est, exact, scale):
 
 @pytest.mark.parametrize(("name", "a"), CLOSED, ids=[n for n, _ in CLOSED])
 def test_closed_forms_on_a_dense_grid(name, a):
-    m = gd.moments(name, Q_GRID) if a is None else gd.moments(name, Q_GRID, a=a)
+    if a is None:
+        m = gd.moments(name, Q_GRID)
+    else:  # leaky_relu and prelu are the same function with PyTorch's two parameter names
+        m = gd.moments(name, Q_GRID, **{"a" if name == "prelu" else "negative_slope": a})
     with mp.workdps(40):
-        exact = [closed_form(name, mp.mpf(float(q)), None if a is None else mp.mpf(a)) for q in Q_GRID]
+        form = "prelu" if name == "leaky_relu" else name
+        exact = [closed_form(form, mp.mpf(float(q)), None if a is None else mp.mpf(str(a))) for q in Q_GRID]
     second = [e[1] for e in exact]
     _check(name, m.mean, [e[0] for e in exact], [mp.sqrt(v) for v in second])
     _check(name, m.second_moment, second, second)
@@ -65,6 +69,12 @@ def test_registry_against_40_digit_references(record):
         slack = 2e-16 * float(scale)
         assert deviation <= RTOL * float(scale), f"{name}: {deviation / float(scale):.2e}"
         assert deviation <= float(est.error) + slack, f"{name}: error under-reported"
+
+
+def test_elu_published_value():
+    # ELU(alpha=1) at q = 1: E f^2 = 0.644945417492923863... (closed form above, mpmath at 40 digits)
+    m = gd.moments("elu", 1.0)
+    assert abs(m.second_moment.value - 0.644945417492923863) <= 1e-12 * 0.6449454174929239
 
 
 def test_selu_is_self_normalising():

@@ -204,8 +204,9 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL) -> 
     j = int(np.argmax(err[:, worst] / np.maximum(tol[:, owner[worst]], _TINY)))
     raise ConvergenceError(
         f"E[{integrand.labels[j]}] did not converge at q = {q[owner[worst]]:g} near "
-        f"z = {mid[worst] * s[owner[worst]]:.6g}: the integrand is probably singular there "
-        "and the expectation infinite"
+        f"z = {mid[worst] * s[owner[worst]]:.6g}: the integrand is probably singular there, and the "
+        "expectation infinite or, for an integrable singularity, beyond double-precision quadrature "
+        "(try --digits)"
     )
 
 
