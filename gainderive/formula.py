@@ -21,7 +21,7 @@ import sympy as sp
 from .errors import FormulaError
 from .functions import Phi, sigmoid, softplus
 
-__all__ = ["FUNCTIONS", "X", "Macro", "Parsed", "parameter_symbol", "parse", "parse_formula"]
+__all__ = ["FUNCTIONS", "Macro", "Parsed", "X", "parameter_symbol", "parse", "parse_formula"]
 
 #: The pre-activation variable of every formula.
 X = sp.Symbol("x", real=True)

@@ -18,7 +18,7 @@ import sympy as sp
 
 from .activation import Activation
 from .errors import FormulaError, ParameterError, UnknownActivationError
-from .formula import X, Macro, Parsed, parameter_symbol, parse, parse_formula
+from .formula import Macro, Parsed, X, parameter_symbol, parse, parse_formula
 
 __all__ = ["REGISTRY", "activation", "parse_activation_formula", "registry_names"]
 
