@@ -323,7 +323,7 @@ def reference_moments(
     """E[f], E[f^2], E[f'^2] for z ~ N(0, q), to ``dps`` significant digits.
 
     ``q`` and parameter values may be decimal strings or numbers; they are read via
-    ``mpf(str(v))`` so that "0.1" means exactly one tenth at the working precision.
+    ``mpf(str(v))`` inside the working precision, so "0.1" is rounded once, to dps + guard digits.
     Raises ``ArithmeticError`` if quad's error estimate is not below 10**(-dps + 5)
     relative to the moment's size.
     """
