@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
+import numpy as np
 import sympy as sp
 
 from .activation import Activation
@@ -23,6 +24,8 @@ from .evaluate import Program
 from .formula import X, parameter_symbol
 
 __all__ = ["DF", "F", "Integrand", "integrand"]
+
+_MAX_DEGREE = 12  # beyond this the moment recursion loses digits; such pieces go to panels
 
 #: Symbols an integrand is written in: f(z) and f'(z) (and z itself, as x).
 F = parameter_symbol("f")
@@ -37,6 +40,31 @@ class Integrand:
     breakpoints: tuple[float, ...]
     pieces: tuple[tuple[sp.Expr, ...], ...]
     nonnegative: tuple[bool, ...]
+
+    @cached_property
+    def polynomials(self) -> tuple[np.ndarray | None, ...]:
+        """Per piece, the coefficients (m x degree+1, lowest first) if every h_j is a polynomial in z there.
+
+        Such pieces have exact Gaussian integrals (truncated normal moments), which the quadrature
+        backend uses instead of panels.
+        """
+        out = []
+        for exprs in self.pieces:
+            try:
+                polys = [sp.Poly(h, X) for h in exprs]
+            except sp.PolynomialError:
+                out.append(None)
+                continue
+            if any(not c.is_number for p in polys for c in p.coeffs()) or max(p.degree() for p in polys) > _MAX_DEGREE:
+                out.append(None)
+                continue
+            degree = max(max(p.degree(), 0) for p in polys)
+            coeffs = np.zeros((len(polys), degree + 1))
+            for j, p in enumerate(polys):
+                for (power,), c in p.terms():
+                    coeffs[j, power] = float(c)
+            out.append(coeffs)
+        return tuple(out)
 
     @cached_property
     def numpy_pieces(self) -> tuple[Program, ...]:
