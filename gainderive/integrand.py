@@ -25,7 +25,7 @@ from .formula import X, parameter_symbol
 
 __all__ = ["DF", "F", "Integrand", "integrand"]
 
-_MAX_DEGREE = 12  # beyond this the moment recursion loses digits; such pieces go to panels
+_MAX_DEGREE = 8  # beyond this the moment recursion loses digits; such pieces go to panels
 
 #: Symbols an integrand is written in: f(z) and f'(z) (and z itself, as x).
 F = parameter_symbol("f")
@@ -42,28 +42,26 @@ class Integrand:
     nonnegative: tuple[bool, ...]
 
     @cached_property
-    def polynomials(self) -> tuple[np.ndarray | None, ...]:
-        """Per piece, the coefficients (m x degree+1, lowest first) if every h_j is a polynomial in z there.
+    def exact_terms(self) -> tuple[dict[float, np.ndarray] | None, ...]:
+        """Per piece, {a: c} with h_j(z) = sum_a sum_n c[j, n] z^n e^{a z}, or None if not of that form.
 
-        Such pieces have exact Gaussian integrals (truncated normal moments), which the quadrature
-        backend uses instead of panels.
+        Such pieces have exact Gaussian integrals (truncated normal moments of a
+        shifted Gaussian), which the quadrature backend uses instead of panels.
         """
         out = []
         for exprs in self.pieces:
-            try:
-                polys = [sp.Poly(h, X) for h in exprs]
-            except sp.PolynomialError:
+            decomposed = [_exp_polynomial(h) for h in exprs]
+            if any(d is None for d in decomposed):
                 out.append(None)
                 continue
-            if any(not c.is_number for p in polys for c in p.coeffs()) or max(p.degree() for p in polys) > _MAX_DEGREE:
-                out.append(None)
-                continue
-            degree = max(max(p.degree(), 0) for p in polys)
-            coeffs = np.zeros((len(polys), degree + 1))
-            for j, p in enumerate(polys):
-                for (power,), c in p.terms():
-                    coeffs[j, power] = float(c)
-            out.append(coeffs)
+            exponents = sorted({a for d in decomposed for a in d})
+            degree = max((n for d in decomposed for terms in d.values() for n in terms), default=0)
+            table = {a: np.zeros((len(exprs), degree + 1)) for a in exponents}
+            for j, d in enumerate(decomposed):
+                for a, terms in d.items():
+                    for n, c in terms.items():
+                        table[a][j, n] += c
+            out.append(table)
         return tuple(out)
 
     @cached_property
@@ -74,6 +72,37 @@ class Integrand:
     def mpmath_pieces(self, dps: int) -> tuple[Program, ...]:
         """Per piece, an mpmath program with constants at ``dps`` digits."""
         return tuple(Program(exprs, (X,), backend="mpmath", dps=dps) for exprs in self.pieces)
+
+
+def _exp_polynomial(h: sp.Expr) -> dict[float, dict[int, float]] | None:
+    """h as {a: {n: c}} meaning sum c z^n e^{a z}, or None if h is not such a finite sum."""
+    h = sp.powsimp(sp.expand(h), combine="exp")
+    terms: dict[float, dict[int, float]] = {}
+    for term in sp.Add.make_args(sp.expand(h)):
+        coeff, power, rate = sp.S.One, 0, sp.S.Zero
+        for factor in sp.Mul.make_args(term):
+            if factor.is_number:
+                coeff *= factor
+            elif factor == X:
+                power += 1
+            elif factor.is_Pow and factor.base == X and factor.exp.is_Integer and factor.exp > 0:
+                power += int(factor.exp)
+            elif isinstance(factor, sp.exp):
+                try:
+                    linear = sp.Poly(factor.args[0], X)
+                except sp.PolynomialError:
+                    return None
+                if linear.degree() > 1 or not all(c.is_number for c in linear.all_coeffs()):
+                    return None
+                rate += linear.coeff_monomial(X)
+                coeff *= sp.exp(linear.coeff_monomial(1))
+            else:
+                return None
+        if power > _MAX_DEGREE or not coeff.is_real:
+            return None
+        bucket = terms.setdefault(float(rate), {})
+        bucket[power] = bucket.get(power, 0.0) + float(coeff)
+    return terms
 
 
 def integrand(act: Activation, functions: Mapping[str, sp.Expr]) -> Integrand:

@@ -102,3 +102,23 @@ def test_general_expectations():
     q = 2.0
     stein = gd.expectation("tanh", "x*f", q).value
     assert stein == pytest.approx(q * gd.expectation("tanh", "df", q).value, rel=1e-13)
+
+
+@pytest.mark.parametrize("q", [0.01, 0.5, 2.0, 10.0, 50.0])
+def test_exponential_polynomial_on_the_whole_line(q):
+    # f = z e^{-z}: with E[g(z) e^{az}] = e^{a^2 q/2} E[g(y)], y ~ N(aq, q) (completing the square), by hand:
+    # E f = -q e^{q/2},  E f^2 = e^{2q} (q + 4 q^2),  E f'^2 = E[e^{-2z} (1 - z)^2] = e^{2q} ((1 + 2q)^2 + q)
+    m = gd.moments("x*exp(-x)", q)
+    with mp.workdps(40):
+        Q = mp.mpf(q)
+        exact = (-Q * mp.exp(Q / 2), mp.exp(2 * Q) * (Q + 4 * Q**2), mp.exp(2 * Q) * ((1 + 2 * Q) ** 2 + Q))
+    second = exact[1]
+    _check("x*exp(-x)", m.mean, [exact[0]], [mp.sqrt(second)])
+    _check("x*exp(-x)", m.second_moment, [second], [second])
+    _check("x*exp(-x)", m.derivative_second_moment, [exact[2]], [exact[2]])
+
+
+def test_exponential_overflow_is_reported():
+    # E[e^{2z}] = e^{2q} leaves the double range at q = 400
+    with pytest.raises(gd.DivergenceError, match="double"):
+        gd.moments("exp(x)", 400.0)

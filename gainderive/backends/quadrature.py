@@ -29,7 +29,6 @@ of the panel estimates.
 
 from __future__ import annotations
 
-import math
 from typing import NoReturn
 
 import numpy as np
@@ -37,6 +36,7 @@ import numpy as np
 from ..errors import ConvergenceError, DivergenceError
 from ..estimate import Estimate
 from ..integrand import Integrand
+from ._exact import piece_moments
 from ._gauss_kronrod import GAUSS_INDEX, GAUSS_WEIGHTS, KRONROD_NODES, KRONROD_WEIGHTS
 
 __all__ = ["DEFAULT_RTOL", "integrate"]
@@ -57,11 +57,10 @@ _WG = np.zeros_like(_WK)
 _WG[list(GAUSS_INDEX)] = GAUSS_WEIGHTS
 _W2 = np.stack([_WK, _WG], axis=1)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
-_SQRT2 = math.sqrt(2.0)
 
 
-def _initial_panels(cuts: np.ndarray, s: np.ndarray, integrand: Integrand):
-    """Panel ends (a, b) and owning variance index for every q, in the pieces that are not polynomial."""
+def _initial_panels(cuts: np.ndarray, s: np.ndarray, pieces):
+    """Panel ends (a, b) and owning variance index for every q, in the given pieces only."""
     grid = np.array([0.0, *_T_GRID, *(-g for g in _T_GRID)])
     features = np.outer(1.0 / s, np.array([*_Z_GRID, *(-g for g in _Z_GRID)]))
     # z-grid points only refine the first t-panel; elsewhere the t-grid is finer
@@ -72,74 +71,9 @@ def _initial_panels(cuts: np.ndarray, s: np.ndarray, integrand: Integrand):
     mesh = np.sort(np.clip(np.concatenate(points, axis=1), -TAIL, TAIL), axis=1)
     a, b = mesh[:, :-1], mesh[:, 1:]
     owner = np.broadcast_to(np.arange(s.size)[:, None], a.shape)
-    exact = np.array([c is not None for c in integrand.polynomials])
-    keep = (b > a) & ~exact[np.searchsorted(cuts, 0.5 * (a + b) * s[:, None])]
+    wanted = np.isin(np.arange(cuts.size + 1), pieces)
+    keep = (b > a) & wanted[np.searchsorted(cuts, 0.5 * (a + b) * s[:, None])]
     return a[keep], b[keep], owner[keep]
-
-
-def _ndtr(x: np.ndarray) -> np.ndarray:
-    """Standard normal CDF; math.erfc for a handful of values spares the CLI importing scipy."""
-    if x.size <= 64:
-        return np.array([0.5 * math.erfc(-v / _SQRT2) for v in x.ravel()]).reshape(x.shape)
-    from scipy.special import ndtr
-
-    return ndtr(x)
-
-
-def _gaussian_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Phi(b) - Phi(a), taking the difference of the smaller tails so that it does not cancel."""
-    right = _ndtr(-a) - _ndtr(-b)
-    left = _ndtr(b) - _ndtr(a)
-    return np.where(a >= 0, right, np.where(b <= 0, left, 1.0 - _ndtr(a) - _ndtr(-b)))
-
-
-def _truncated_moments(a: np.ndarray, b: np.ndarray, degree: int):
-    """I_n = int_a^b t^n phi(t) dt and J_n = int_a^b |t|^n phi(t) dt, n = 0..degree (a < b, may be infinite).
-
-    I_n = (n - 1) I_{n-2} + a^{n-1} phi(a) - b^{n-1} phi(b), the truncated-normal moment recursion.
-    Also returns S_n, the size of the terms each I_n is built from, which bounds its rounding error.
-    """
-
-    def edge(x, n):  # x^n phi(x), zero at +-inf
-        with np.errstate(invalid="ignore", over="ignore"):
-            return np.where(np.isfinite(x), x**n * np.exp(-0.5 * x * x) * _INV_SQRT_2PI, 0.0)
-
-    def moments(lo, hi):
-        values = [_gaussian_mass(lo, hi), edge(lo, 0) - edge(hi, 0)]
-        # I_0 is a difference of tail probabilities: its rounding is relative to the larger tail
-        sizes = [np.where(lo >= 0, _ndtr(-lo), np.where(hi <= 0, _ndtr(hi), 1.0)), edge(lo, 0) + edge(hi, 0)]
-        for n in range(2, degree + 1):
-            values.append((n - 1) * values[n - 2] + edge(lo, n - 1) - edge(hi, n - 1))
-            sizes.append((n - 1) * sizes[n - 2] + np.abs(edge(lo, n - 1)) + np.abs(edge(hi, n - 1)))
-        return values[: degree + 1], sizes[: degree + 1]
-
-    plain, sizes = moments(a, b)
-    # |t|^n: the parts on each side of 0
-    pos, _ = moments(np.maximum(a, 0.0), np.maximum(b, 0.0))
-    neg, _ = moments(np.maximum(-b, 0.0), np.maximum(-a, 0.0))
-    absolute = [pos[n] + neg[n] for n in range(degree + 1)]
-    return plain, absolute, sizes
-
-
-def _exact_pieces(integrand: Integrand, cuts: np.ndarray, s: np.ndarray):
-    """Value, error bound and E|h| of every polynomial piece, integrated exactly, for all q."""
-    m = len(integrand.labels)
-    total, error, l1 = (np.zeros((m, s.size)) for _ in range(3))
-    bounds = [-np.inf, *cuts, np.inf]
-    for k, coeffs in enumerate(integrand.polynomials):
-        if coeffs is None:
-            continue
-        a = np.full(s.size, bounds[k]) / s
-        b = np.full(s.size, bounds[k + 1]) / s
-        degree = coeffs.shape[1] - 1
-        plain, absolute, sizes = _truncated_moments(a, b, degree)
-        powers = np.stack([s**n for n in range(degree + 1)])  # z^n = s^n t^n
-        weighted = coeffs[:, :, None] * powers[None]
-        total += np.einsum("jnq,nq->jq", weighted, np.stack(plain))
-        l1 += np.einsum("jnq,nq->jq", np.abs(weighted), np.stack(absolute))
-        # rounding: each I_n is good to a few eps of the terms it was built from, times the recursion depth
-        error += 8 * (degree + 2) * _EPS * np.einsum("jnq,nq->jq", np.abs(weighted), np.stack(sizes) + np.stack(absolute))
-    return total, error, l1
 
 
 def _panel_rule(integrand: Integrand, a, b, owner, piece, s, q):
@@ -226,24 +160,69 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL) -> 
     q = np.asarray(variance, dtype=float)
     shape = q.shape
     q = q.ravel()
-    s = np.sqrt(q)
     m = len(integrand.labels)
     cuts = np.asarray(integrand.breakpoints, dtype=float)
-    total, error, l1 = _exact_pieces(integrand, cuts, s)
-    a, b, owner = _initial_panels(cuts, s, integrand)
+    exact = [k for k, terms in enumerate(integrand.exact_terms) if terms is not None]
+    everywhere = np.arange(q.size)
+
+    # 1. pieces that are sums of z^n e^{az}: exact, with a bound on their rounding error
+    bounds = [-np.inf, *cuts, np.inf]
+    parts = {k: piece_moments(integrand.exact_terms[k], bounds[k], bounds[k + 1], q, integrand.nonnegative)
+             for k in exact}
+    total = sum((v for v, _, _ in parts.values()), np.zeros((m, q.size)))
+    error = sum((e for _, e, _ in parts.values()), np.zeros((m, q.size)))
+    l1 = sum((a for _, _, a in parts.values()), np.zeros((m, q.size)))
+    if not np.all(np.isfinite(total)):
+        j, i = (int(v[0]) for v in np.nonzero(~np.isfinite(total)))
+        raise DivergenceError(f"E[{integrand.labels[j]}] at q = {q[i]:g} overflows double precision; the "
+                              "expectation diverges or leaves the double range (--digits uses mpmath)")
+
+    # 2. the other pieces by adaptive panels, against the tolerance of the whole
+    panels = [k for k in range(len(integrand.pieces)) if k not in exact]
+    if panels:
+        t, e, a = _adaptive(integrand, cuts, q, everywhere, panels, rtol, total, l1)
+        total, error, l1 = total + t, error + e, l1 + a
+
+    # 3. exact pieces whose terms cancel beyond the tolerance (ELU's (e^z - 1)^2 at small q): panels there
+    tol = np.maximum(rtol * np.abs(total), 100 * _EPS * l1)
+    for k in exact:
+        value, err, absolute = parts[k]
+        redo = np.nonzero(np.any(err > 0.5 * tol / max(len(exact), 1), axis=0))[0]
+        if redo.size:
+            rest_total, rest_l1 = total[:, redo] - value[:, redo], l1[:, redo] - absolute[:, redo]
+            t, e, a = _adaptive(integrand, cuts, q[redo], redo, [k], rtol, rest_total, rest_l1)
+            total[:, redo] = rest_total + t
+            l1[:, redo] = rest_l1 + a
+            error[:, redo] += e - err[:, redo]
+    return tuple(Estimate(total[j].reshape(shape)[()], error[j].reshape(shape)[()], "quadrature") for j in range(m))
+
+
+def _adaptive(integrand: Integrand, cuts, q, index, pieces, rtol, offset_total, offset_l1):
+    """Adaptive Gauss-Kronrod over the given pieces for the variances q (``index`` into the caller's q).
+
+    The tolerance is taken relative to offset + this part, i.e. to the whole expectation.
+    Returns (total, error, l1), each (m, len(q)).
+    """
+    s = np.sqrt(q)
+    m = len(integrand.labels)
+    a, b, owner = _initial_panels(cuts, s, pieces)
 
     def per_q(v: np.ndarray) -> np.ndarray:
         return np.stack([np.bincount(owner, w, q.size) for w in v])
 
+    total = np.zeros((m, q.size))
+    error = np.zeros((m, q.size))
+    l1 = np.zeros((m, q.size))
     for _ in range(_MAX_ROUNDS):
         if not a.size:
-            break
+            return total, error, l1
         piece = np.searchsorted(cuts, 0.5 * (a + b) * s[owner])
         order = np.argsort(piece, kind="stable")
         a, b, owner, piece = a[order], b[order], owner[order], piece[order]
         kron, err, absolute, edge = _panel_rule(integrand, a, b, owner, piece, s, q)
 
-        all_total, all_error, all_l1 = total + per_q(kron), error + per_q(err), l1 + per_q(absolute)
+        all_total, all_error = offset_total + total + per_q(kron), error + per_q(err)
+        all_l1 = offset_l1 + l1 + per_q(absolute)
         _check_tails(edge, all_l1, owner, q, integrand.labels)
         tol = np.maximum(rtol * np.abs(all_total), 100 * _EPS * all_l1)
         converged = np.all(all_error <= tol, axis=0)
@@ -255,16 +234,14 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL) -> 
         error += per_q(err * accept)
         l1 += per_q(absolute * accept)
         refine = ~accept
-        if not refine.any() or 2 * refine.sum() > _MAX_PANELS:
+        if not refine.any():
+            return total, error, l1
+        if 2 * refine.sum() > _MAX_PANELS:
             break
         mid = 0.5 * (a + b)
         failed = (err, tol, accept, mid, owner)
         a, b, owner, mid = a[refine], b[refine], owner[refine], mid[refine]
         a, b, owner = np.concatenate([a, mid]), np.concatenate([mid, b]), np.concatenate([owner, owner])
-    else:
-        a = np.empty(1)  # rounds exhausted
-    if not a.size or not refine.any():
-        return tuple(Estimate(total[j].reshape(shape)[()], error[j].reshape(shape)[()], "quadrature") for j in range(m))
 
     err, tol, accept, mid, owner = failed
     ratio = np.where(accept, 0.0, np.max(err / np.maximum(tol[:, owner], _TINY), axis=0))
