@@ -110,8 +110,8 @@ def test_exponential_polynomial_on_the_whole_line(q):
     # E f = -q e^{q/2},  E f^2 = e^{2q} (q + 4 q^2),  E f'^2 = E[e^{-2z} (1 - z)^2] = e^{2q} ((1 + 2q)^2 + q)
     m = gd.moments("x*exp(-x)", q)
     with mp.workdps(40):
-        Q = mp.mpf(q)
-        exact = (-Q * mp.exp(Q / 2), mp.exp(2 * Q) * (Q + 4 * Q**2), mp.exp(2 * Q) * ((1 + 2 * Q) ** 2 + Q))
+        v = mp.mpf(q)
+        exact = (-v * mp.exp(v / 2), mp.exp(2 * v) * (v + 4 * v**2), mp.exp(2 * v) * ((1 + 2 * v) ** 2 + v))
     second = exact[1]
     _check("x*exp(-x)", m.mean, [exact[0]], [mp.sqrt(second)])
     _check("x*exp(-x)", m.second_moment, [second], [second])
