@@ -127,7 +127,8 @@ def _derive(args: argparse.Namespace) -> int:
     check = None
     if args.check:
         with progress_bar("Monte Carlo", enabled=not args.quiet) as bar:
-            mc = moments(act, q, "monte_carlo", samples=args.samples, seed=args.seed, progress=bar)
+            mc = moments(args.activation, q, "monte_carlo", samples=args.samples, seed=args.seed, progress=bar,
+                         **params)
         check = _compare(m, mc, args)
         report["monte_carlo"] = check
     if args.json:

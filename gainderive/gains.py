@@ -17,15 +17,17 @@ order: a relative error e in a moment is a relative error e/2 in its gain.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mpmath as mp
 import numpy as np
 
-from .activation import Activation
 from .errors import GainDeriveError
 from .estimate import Estimate
 from .moments import Moments, moments
+
+if TYPE_CHECKING:
+    from .activation import Activation
 
 __all__ = ["MODES", "Gains", "gain", "gains"]
 

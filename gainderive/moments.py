@@ -18,18 +18,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mpmath as mp
 import numpy as np
-import sympy as sp
 
-from .activation import Activation
 from .errors import FormulaError, GainDeriveError, VarianceError
 from .estimate import Estimate
-from .formula import X, parse_formula
-from .integrand import DF, F, Integrand, integrand
-from .registry import activation as make_activation
+
+if TYPE_CHECKING:  # sympy and the symbolic layer load on first use; a cached registry activation needs neither
+    import sympy as sp
+
+    from .activation import Activation
+    from .integrand import Integrand
 
 __all__ = ["METHODS", "MOMENTS", "Moments", "expectation", "moments"]
 
@@ -101,12 +102,40 @@ def _only(options: dict, *names: str) -> dict:
     return {k: v for k, v in options.items() if k in names and v is not None}
 
 
-def _centre(act: Activation, method: str) -> Any:
-    """c = f(0), the shift that keeps Var f well conditioned; 0 where f(0) is not finite."""
-    value = act.expression.subs(X, 0)
-    if not (value.is_number and value.is_finite and value.is_real):
-        return sp.S.Zero
-    return value
+def moment_functions(act: Activation) -> tuple[dict[str, sp.Expr], sp.Expr]:
+    """The integrands h of E[h] that the four moments need, and the centre c = f(0) they use.
+
+    c keeps Var f = E[(f - c)^2] - (E f - c)^2 well conditioned; it is 0 where f(0) is not finite,
+    and when c = 0 the centred integrand is f^2 itself.
+    """
+    import sympy as sp
+
+    from .formula import X
+    from .integrand import DF, F
+
+    c = act.expression.subs(X, 0)
+    if not (c.is_number and c.is_finite and c.is_real):
+        c = sp.S.Zero
+    functions = {"f(z)": F, "f(z)^2": F**2, "f'(z)^2": DF**2}
+    if c != 0:
+        functions[f"(f(z) - {c})^2"] = (F - c) ** 2
+    return functions, c
+
+
+def _prepare(activation, method: str, params: dict) -> tuple[Activation, Any, Any]:
+    """The activation, its integrand for the four moments, and the centre c."""
+    if isinstance(activation, str) and not params and method != "high_precision":
+        from ._cache import lookup
+
+        cached = lookup(activation.strip())
+        if cached is not None:
+            return cached
+    from .integrand import integrand
+    from .registry import activation as make_activation
+
+    act = make_activation(activation, **params)
+    functions, c = moment_functions(act)
+    return act, integrand(act, functions), c
 
 
 def moments(
@@ -140,12 +169,7 @@ def moments(
 
     Raises :class:`DiracDerivativeError` if f jumps (E[f'^2] is infinite).
     """
-    act = make_activation(activation, **params)
-    c = _centre(act, method)
-    functions = {"f(z)": F, "f(z)^2": F**2, "f'(z)^2": DF**2}
-    if c != 0:
-        functions[f"(f(z) - {c})^2"] = (F - c) ** 2
-    ig = integrand(act, functions)
+    act, ig, c = _prepare(activation, method, params)
     options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol, "progress": progress}
     if method != "high_precision":
         mean, second, derivative, *centred = _run(ig, check_variance(variance), method, options)
@@ -175,6 +199,8 @@ def _exact_variance(variance: Any) -> mp.mpf:
 def _variance(mean: Estimate, centred: Estimate, c: sp.Expr) -> Estimate:
     """Var f = E[(f - c)^2] - (E f - c)^2, with the errors propagated to first order (plus the square)."""
     if mean.method == "high_precision":  # runs inside the caller's working precision
+        import sympy as sp
+
         cc = mp.mpf(str(sp.N(c, mp.mp.dps + 5))) if c != 0 else mp.mpf(0)
         d = mean.value - cc
         return Estimate(centred.value - d * d, centred.error + 2 * abs(d) * mean.error + mean.error**2, mean.method)
@@ -201,6 +227,12 @@ def expectation(
     >>> round(float(expectation("relu", "df**4", 2.0).value), 12)
     0.5
     """
+    import sympy as sp
+
+    from .formula import parse_formula
+    from .integrand import DF, F, integrand
+    from .registry import activation as make_activation
+
     act = make_activation(activation, **params)
     if isinstance(h, str):
         expr = parse_formula(h)

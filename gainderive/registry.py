@@ -13,12 +13,15 @@ from collections.abc import Mapping
 from dataclasses import replace
 from functools import cache
 from numbers import Real
-
-import sympy as sp
+from typing import TYPE_CHECKING
 
 from .activation import Activation
 from .errors import FormulaError, ParameterError, UnknownActivationError
-from .formula import Macro, Parsed, X, parameter_symbol, parse, parse_formula
+
+if TYPE_CHECKING:  # the parser and sympy load on first use: listing the registry needs neither
+    import sympy as sp
+
+    from .formula import Macro, Parsed
 
 __all__ = ["REGISTRY", "activation", "parse_activation_formula", "registry_names"]
 
@@ -30,7 +33,7 @@ def _entry(name, formula, params=None, reference="", description="", aliases=(),
     return Activation(
         name=name,
         formula=formula,
-        params={k: sp.Rational(v) for k, v in (params or {}).items()},
+        params=dict(params or {}),  # exact decimal strings; sympy numbers once an activation is built
         reference=reference,
         description=description,
         aliases=tuple(aliases),
@@ -95,8 +98,13 @@ def registry_names() -> list[str]:
 
 
 def _macro(entry: Activation) -> Macro:
+    import sympy as sp
+
+    from ._structure import exact
+    from .formula import Macro, X, parameter_symbol, parse_formula
+
     def build(argument: sp.Expr, params: Mapping[str, sp.Expr]) -> tuple[sp.Expr, tuple]:
-        values = {parameter_symbol(k): params.get(k, v) for k, v in entry.params.items()}
+        values = {parameter_symbol(k): params.get(k, exact(v)) for k, v in entry.params.items()}
         pending = []
         for text in entry.constraints:
             cond = _condition(text).subs(values, simultaneous=True)
@@ -122,10 +130,16 @@ def _macros() -> dict[str, Macro]:
 @cache
 def parse_activation_formula(text: str) -> Parsed:
     """Parse a formula in which registry names may be called as functions."""
+    from .formula import parse
+
     return parse(text, macros=_macros())
 
 
 def _parameter_value(name: str, value: object) -> sp.Expr:
+    import sympy as sp
+
+    from .formula import parse_formula
+
     if isinstance(value, bool):
         raise ParameterError(f"parameter {name} must be a real number, got {value!r}")
     if isinstance(value, sp.Basic):
@@ -148,6 +162,10 @@ def _parameter_value(name: str, value: object) -> sp.Expr:
 
 
 def _check_constraints(act: Activation) -> None:
+    import sympy as sp
+
+    from .formula import parameter_symbol
+
     values = {parameter_symbol(k): v for k, v in act.params.items()}
     for text in act.constraints:
         cond = _condition(text).subs(values)
@@ -159,13 +177,17 @@ def _check_constraints(act: Activation) -> None:
 @cache
 def _condition(text: str):
     # constraints are written by us in formula syntax: where(cond, 1, 0) parses the condition
+    from .formula import parse_formula
+
     return parse_formula(f"where({text}, 1, 0)").args[0].cond
 
 
 @cache
 def _registry_activation(name: str, items: tuple[tuple[str, sp.Expr], ...]) -> Activation:
+    from ._structure import exact
+
     entry = REGISTRY[name]
-    params = dict(entry.params)
+    params = {k: exact(v) for k, v in entry.params.items()}
     params.update(items)
     act = replace(entry, params=params)
     _check_constraints(act)
@@ -174,6 +196,10 @@ def _registry_activation(name: str, items: tuple[tuple[str, sp.Expr], ...]) -> A
 
 @cache
 def _formula_activation(text: str, items: tuple[tuple[str, sp.Expr], ...]) -> Activation:
+    import sympy as sp
+
+    from .formula import parameter_symbol
+
     parsed = parse_activation_formula(text)
     free = {s.name for s in parsed.expression.free_symbols} - {"x"}
     given = dict(items)

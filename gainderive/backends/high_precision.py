@@ -15,12 +15,16 @@ that matters: the reference the float64 backends are tested against.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import mpmath as mp
 
 from ..errors import ConvergenceError, DivergenceError
 from ..estimate import Estimate
-from ..integrand import Integrand
 from .quadrature import _T_GRID, _Z_GRID, TAIL
+
+if TYPE_CHECKING:
+    from ..integrand import Integrand
 
 __all__ = ["integrate"]
 

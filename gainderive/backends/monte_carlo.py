@@ -15,12 +15,15 @@ that the variance does not cancel when E[h] is large against its spread.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DivergenceError, GainDeriveError
 from ..estimate import Estimate
-from ..integrand import Integrand
+
+if TYPE_CHECKING:
+    from ..integrand import Integrand
 
 __all__ = ["DEFAULT_SAMPLES", "integrate"]
 

@@ -29,15 +29,17 @@ of the panel estimates.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 
 from ..errors import ConvergenceError, DivergenceError
 from ..estimate import Estimate
-from ..integrand import Integrand
 from ._exact import piece_moments
 from ._gauss_kronrod import GAUSS_INDEX, GAUSS_WEIGHTS, KRONROD_NODES, KRONROD_WEIGHTS
+
+if TYPE_CHECKING:
+    from ..integrand import Integrand
 
 __all__ = ["DEFAULT_RTOL", "integrate"]
 
@@ -100,7 +102,7 @@ def _panel_rule(integrand: Integrand, a, b, owner, piece, s, q):
         phi = np.exp(t, out=t)
         phi *= _INV_SQRT_2PI
         values = work[:, : hi - lo]
-        cuts = np.searchsorted(piece[lo:hi], np.arange(len(integrand.pieces) + 1))
+        cuts = np.searchsorted(piece[lo:hi], np.arange(len(integrand.numpy_pieces) + 1))
         with np.errstate(all="ignore"):
             for k, program in enumerate(integrand.numpy_pieces):
                 p0, p1 = cuts[k], cuts[k + 1]
@@ -178,7 +180,7 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL) -> 
                               "expectation diverges or leaves the double range (--digits uses mpmath)")
 
     # 2. the other pieces by adaptive panels, against the tolerance of the whole
-    panels = [k for k in range(len(integrand.pieces)) if k not in exact]
+    panels = [k for k in range(len(integrand.numpy_pieces)) if k not in exact]
     if panels:
         t, e, a = _adaptive(integrand, cuts, q, everywhere, panels, rtol, total, l1)
         total, error, l1 = total + t, error + e, l1 + a
