@@ -110,7 +110,9 @@ def integrand(act: Activation, functions: Mapping[str, sp.Expr]) -> Integrand:
 
     Cached per activation, so repeated calls reuse the compiled programs.
     """
-    return _integrand(act, tuple((label, sp.sympify(h)) for label, h in functions.items()))
+    if not all(isinstance(h, sp.Basic) for h in functions.values()):
+        raise TypeError("integrand functions must be sympy expressions (parse strings with parse_formula)")
+    return _integrand(act, tuple(functions.items()))
 
 
 @lru_cache(maxsize=256)
