@@ -16,7 +16,8 @@ digits, the former does not.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -171,20 +172,25 @@ def moments(
     """
     act, ig, c = _prepare(activation, method, params)
     options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol, "progress": progress}
-    if method != "high_precision":
-        mean, second, derivative, *centred = _run(ig, check_variance(variance), method, options)
-        return Moments(act, check_variance(variance), mean, second, derivative,
-                       _variance(mean, centred[0] if centred else second, c))
-    digits = digits or DEFAULT_DIGITS
-    with mp.workdps(digits + _GUARD):
-        q = _exact_variance(variance)
+    with _working_precision(method, digits, variance) as (q, digits):
         mean, second, derivative, *centred = _run(ig, q, method, {**options, "digits": digits})
-        return Moments(act, q, mean, second, derivative, _variance(mean, centred[0] if centred else second, c),
-                       digits=digits)
+        variance_f = _variance(mean, centred[0] if centred else second, c)
+        return Moments(act, q, mean, second, derivative, variance_f, digits=digits)
 
 
 DEFAULT_DIGITS = 40
 _GUARD = 10
+
+
+@contextmanager
+def _working_precision(method: str, digits: int | None, variance: Any) -> Iterator[tuple[Any, int | None]]:
+    """Yield (q, digits): validated q; for high precision, inside mpmath's working precision with q exact at it."""
+    if method != "high_precision":
+        yield check_variance(variance), None
+        return
+    digits = digits or DEFAULT_DIGITS
+    with mp.workdps(digits + _GUARD):
+        yield _exact_variance(variance), digits
 
 
 def _exact_variance(variance: Any) -> mp.mpf:
@@ -246,8 +252,5 @@ def expectation(
     expr = expr.subs({sp.Symbol(n, real=True): v for n, v in (("f", F), ("df", DF))})
     ig = integrand(act, {str(h): expr})
     options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol}
-    if method != "high_precision":
-        return _run(ig, check_variance(variance), method, options)[0]
-    digits = digits or DEFAULT_DIGITS
-    with mp.workdps(digits + _GUARD):
-        return _run(ig, _exact_variance(variance), method, {**options, "digits": digits})[0]
+    with _working_precision(method, digits, variance) as (q, digits):
+        return _run(ig, q, method, {**options, "digits": digits})[0]

@@ -1,4 +1,10 @@
-r"""Quadrature backend: Gauss-Kronrod panels split at the kinks, adaptive, vectorized over q.
+r"""Quadrature backend: exact pieces where possible, Gauss-Kronrod panels split at the kinks otherwise.
+
+A piece of f on which every integrand is a sum of terms c z^n e^{a z}
+(polynomials, ELU's exponential side, their squares) is integrated exactly by
+:mod:`._exact`, unless its terms cancel beyond the tolerance.  Every other
+piece (and those, at the q where they cancel) gets adaptive Gauss-Kronrod
+panels, all variances at once.
 
 For z ~ N(0, q) write z = \sqrt{q}\,t with t standard normal, so
 
