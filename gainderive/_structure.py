@@ -6,14 +6,33 @@ the symbolic work behind its properties, on first use.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import sympy as sp
 
-from .errors import FormulaError, ParameterError
+from .errors import FormulaError, GainDeriveError, ParameterError
 from .formula import X, parameter_symbol
 
 
+def _analysis(fn):
+    """sympy may reject a formula the grammar allows (e.g. log(x) > 0 at x = 0): say so in one line."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GainDeriveError:
+            raise
+        except (TypeError, ValueError, ArithmeticError, NotImplementedError, RecursionError, AttributeError) as exc:
+            detail = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+            raise FormulaError(f"cannot analyse the formula's pieces ({detail}); conditions must be polynomial "
+                               "in x and the formula real-valued") from None
+
+    return wrapper
+
+
+@_analysis
 def substitute(expression: sp.Expr, params) -> sp.Expr:
     """The expression with parameter values (sympy numbers or exact decimal strings) substituted."""
     return expression.subs({parameter_symbol(k): exact(v) for k, v in params.items()})
@@ -24,6 +43,7 @@ def exact(value) -> sp.Expr:
     return sp.Rational(value) if isinstance(value, str) else value
 
 
+@_analysis
 def normalized(expression: sp.Expr, name: str, values) -> sp.Expr:
     """Every max/min/abs/clip/sign/Heaviside rewritten as Piecewise."""
     expr = expression.rewrite(sp.Piecewise)
@@ -32,6 +52,7 @@ def normalized(expression: sp.Expr, name: str, values) -> sp.Expr:
     return expr
 
 
+@_analysis
 def breakpoints(normal: sp.Expr) -> tuple[sp.Expr, ...]:
     """Sorted distinct real roots of every condition of every Piecewise."""
     roots: list[sp.Expr] = []
@@ -46,6 +67,7 @@ def breakpoints(normal: sp.Expr) -> tuple[sp.Expr, ...]:
     return tuple(unique)
 
 
+@_analysis
 def pieces(normal: sp.Expr, cuts: tuple[sp.Expr, ...], piece_type) -> tuple:
     """On each open interval between cuts, the expression without conditionals and its derivative."""
     if not cuts:
@@ -60,6 +82,7 @@ def pieces(normal: sp.Expr, cuts: tuple[sp.Expr, ...], piece_type) -> tuple:
     return tuple(out)
 
 
+@_analysis
 def jumps(cuts: tuple[sp.Expr, ...], pieces_: tuple, jump_type) -> tuple:
     """Breakpoints where the pieces on either side disagree: f jumps there."""
     out = []
@@ -77,6 +100,7 @@ def jumps(cuts: tuple[sp.Expr, ...], pieces_: tuple, jump_type) -> tuple:
     return tuple(out)
 
 
+@_analysis
 def derivative(pieces_: tuple, cuts: tuple[sp.Expr, ...]) -> sp.Expr:
     """f' on the whole line (almost everywhere), joined from the pieces' derivatives."""
     if len(pieces_) == 1:

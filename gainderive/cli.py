@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -244,3 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gainderive: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not bad input: one line, and the traceback on request
+        if os.environ.get("GAINDERIVE_DEBUG"):
+            raise
+        print(f"gainderive: internal error: {type(exc).__name__}: {exc} (please report it; set GAINDERIVE_DEBUG=1 "
+              "for the traceback)", file=sys.stderr)
+        return 70

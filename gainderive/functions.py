@@ -30,6 +30,9 @@ class Phi(sp.Function):
     def _eval_rewrite_as_erf(self, arg, **kwargs):
         return (1 + sp.erf(arg / sp.sqrt(2))) / 2
 
+    def _eval_evalf(self, prec):
+        return self.rewrite(sp.erf)._eval_evalf(prec)
+
     def _eval_is_real(self):
         return self.args[0].is_real
 
@@ -50,6 +53,9 @@ class sigmoid(sp.Function):  # noqa: N801  (the name users write)
     def _eval_rewrite_as_exp(self, arg, **kwargs):
         return 1 / (1 + sp.exp(-arg))
 
+    def _eval_evalf(self, prec):
+        return self.rewrite(sp.exp)._eval_evalf(prec)
+
     def _eval_is_real(self):
         return self.args[0].is_real
 
@@ -69,6 +75,9 @@ class softplus(sp.Function):  # noqa: N801
 
     def _eval_rewrite_as_exp(self, arg, **kwargs):
         return sp.log(1 + sp.exp(arg))
+
+    def _eval_evalf(self, prec):
+        return self.rewrite(sp.exp)._eval_evalf(prec)
 
     def _eval_is_real(self):
         return self.args[0].is_real

@@ -114,7 +114,10 @@ def moment_functions(act: Activation) -> tuple[dict[str, sp.Expr], sp.Expr]:
     from .formula import X
     from .integrand import DF, F
 
-    c = act.expression.subs(X, 0)
+    try:
+        c = act.expression.subs(X, 0)
+    except (TypeError, ValueError, ArithmeticError):  # e.g. a condition on log(x), undefined at 0
+        c = sp.S.Zero
     if not (c.is_number and c.is_finite and c.is_real):
         c = sp.S.Zero
     functions = {"f(z)": F, "f(z)^2": F**2, "f'(z)^2": DF**2}

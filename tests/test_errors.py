@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import gainderive as gd
 from gainderive.errors import (
@@ -63,7 +65,7 @@ def test_expectations_of_f_alone_survive_a_jump():
 
 
 def test_gains_that_do_not_exist():
-    with pytest.raises(GainDeriveError, match="f is constant"):
+    with pytest.raises(GainDeriveError, match=r"= 0 \(f is constant\), so gain_fan_out does not exist"):
         gd.gain("3 + 0*x", mode="fan_out")
     with pytest.raises(GainDeriveError, match="unknown mode"):
         gd.gain("relu", mode="fan_sideways")
@@ -91,3 +93,27 @@ def test_high_precision_refuses_divergent_integrals():
     with mp.workdps(30):
         est = gd.expectation("exp(0.45*x**2)", "f", "1", method="high_precision", digits=20)
         assert abs(est.value - 1 / mp.sqrt(mp.mpf("0.1"))) < mp.mpf(10) ** -19
+
+
+def _grow(children):
+    unary = st.tuples(st.sampled_from(["exp", "abs", "tanh", "sin", "erf", "relu", "elu", "sigmoid", "softplus",
+                                       "sqrt", "log", "Phi", "sign"]), children).map(lambda t: f"{t[0]}({t[1]})")
+    binary = st.tuples(children, st.sampled_from(["+", "-", "*", "/", "**"]), children).map(lambda t: f"({''.join(t)})")
+    extreme = st.tuples(st.sampled_from(["max", "min"]), children, children).map(lambda t: f"{t[0]}({t[1]}, {t[2]})")
+    branch = st.tuples(children, children, children).map(lambda t: f"where({t[0]} > 0, {t[1]}, {t[2]})")
+    return st.one_of(unary, binary, extreme, branch)
+
+
+FORMULAS = st.recursive(st.sampled_from(["x", "2", "0.5", "-1", "3"]), _grow, max_leaves=5)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(FORMULAS, st.sampled_from([1e-3, 0.7, 50.0]))
+def test_any_formula_gives_numbers_or_a_gainderive_error(text, q):
+    # whatever the grammar builds must integrate to finite numbers or fail with the documented error class
+    try:
+        m = gd.moments(text, q)
+    except GainDeriveError:
+        return
+    for _, est in m:
+        assert np.isfinite(est.value) and np.isfinite(est.error) and est.error >= 0
