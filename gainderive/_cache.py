@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .closed_form import ClosedForm
 from .evaluate import Program
 
 __all__ = ["CACHE_FILE", "CompiledIntegrand", "build", "lookup"]
@@ -41,9 +42,17 @@ class CompiledIntegrand:
 def build() -> dict[str, Any]:
     """The cache contents, computed from the registry through the symbolic layer (imports sympy)."""
     from . import __version__
+    from .gaussian_rules import programs, verified_forms
     from .integrand import integrand
-    from .moments import moment_functions
+    from .moments import MOMENTS, moment_functions
     from .registry import REGISTRY, activation
+
+    def form(act, moment):
+        found = verified_forms(act)[moment]
+        if found is None:
+            return None
+        whole, terms = programs(act, moment)
+        return {"text": found.text, "latex": found.latex, "whole": whole.to_ops(), "terms": terms.to_ops()}
 
     entries = {}
     for name in REGISTRY:
@@ -51,6 +60,7 @@ def build() -> dict[str, Any]:
         functions, c = moment_functions(act)
         ig = integrand(act, functions)
         entries[name] = {
+            "closed_forms": {moment: form(act, moment) for moment in MOMENTS},
             "breakpoints": list(ig.breakpoints),
             "centre": float(c),
             "centre_exact": str(c),
@@ -91,6 +101,12 @@ def lookup(name: str):
     # what the symbolic layer would compute for these, filled in so that reporting needs no sympy
     act.__dict__["breakpoints"] = tuple(entry["breakpoints"])
     act.__dict__["jumps"] = ()
+    forms, programs = {}, {}
+    for moment, stored in entry["closed_forms"].items():
+        forms[moment] = None if stored is None else ClosedForm(moment, stored["text"], stored["latex"])
+        programs[moment] = None if stored is None else tuple(
+            Program.from_ops(stored[part]["ops"], stored[part]["outputs"]) for part in ("whole", "terms"))
+    act.__dict__["_closed_forms"] = (forms, programs)
     exact = tuple(
         None if p["exact"] is None else {float(a): np.array(c) for a, c in p["exact"].items()} for p in entry["pieces"]
     )

@@ -38,6 +38,15 @@ def _special():
     return scipy.special
 
 
+def _scaled_phi(c, b):
+    """e^{c + b^2/2} Phi(b) without overflow or underflow: erfcx carries the Gaussian tail for b < 0."""
+    c, b = np.broadcast_arrays(np.asarray(c, dtype=float), np.asarray(b, dtype=float))
+    with np.errstate(over="ignore", invalid="ignore"):
+        tail = np.exp(c) * 0.5 * _special().erfcx(-b / np.sqrt(2.0))
+        head = np.exp(c + 0.5 * b * b) * _special().ndtr(b)
+    return np.where(b < 0, tail, head)
+
+
 def _np_select(*args):
     conds, values = args[0::2], args[1::2]
     shape = np.broadcast_shapes(*(np.shape(a) for a in args))
@@ -62,6 +71,8 @@ _NUMPY: dict[str, Callable] = {
     "cosh": np.cosh,
     "atan": np.arctan,
     "asinh": np.arcsinh,
+    "asin": np.arcsin,
+    "ScaledPhi": lambda c, b: _scaled_phi(c, b),
     "erf": lambda u: _special().erf(u),
     "erfc": lambda u: _special().erfc(u),
     "Phi": lambda u: _special().ndtr(u),
@@ -103,6 +114,8 @@ _MPMATH: dict[str, Callable] = {
     "cosh": mp.cosh,
     "atan": mp.atan,
     "asinh": mp.asinh,
+    "asin": mp.asin,
+    "ScaledPhi": lambda c, b: mp.exp(c + b * b / 2) * mp.ncdf(b),
     "erf": mp.erf,
     "erfc": mp.erfc,
     "Phi": mp.ncdf,

@@ -67,6 +67,8 @@ FUNCTIONS: dict[str, _Function] = {
     "tanh": _Function((1, 1), sp.tanh),
     "arctan": _Function((1, 1), sp.atan),
     "atan": _Function((1, 1), sp.atan),
+    "arcsin": _Function((1, 1), sp.asin),
+    "asin": _Function((1, 1), sp.asin),
     "arcsinh": _Function((1, 1), sp.asinh),
     "asinh": _Function((1, 1), sp.asinh),
     "erf": _Function((1, 1), sp.erf),

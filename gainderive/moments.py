@@ -16,9 +16,9 @@ digits, the former does not.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import mpmath as mp
@@ -37,8 +37,9 @@ __all__ = ["METHODS", "MOMENTS", "Moments", "expectation", "moments"]
 
 #: The moment names, in the order they are reported.
 MOMENTS = ("mean", "second_moment", "derivative_second_moment", "variance")
-#: Backends a computation can use; "auto" picks the most accurate available.
-METHODS = ("auto", "quadrature", "high_precision", "monte_carlo")
+#: Backends a computation can use.  "auto" takes a verified closed form where one exists and is at least as
+#: accurate as quadrature at every q, quadrature otherwise; "closed_form" is the same, named explicitly.
+METHODS = ("auto", "closed_form", "quadrature", "high_precision", "monte_carlo")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Moments:
     derivative_second_moment: Estimate
     variance: Estimate
     digits: int | None = None  # working precision of high-precision results; None for float64
+    closed_forms: Mapping[str, Any] = field(default_factory=dict)  # moment -> verified ClosedForm or None
 
     def __iter__(self):
         return iter((name, getattr(self, name)) for name in MOMENTS)
@@ -84,7 +86,7 @@ def check_variance(variance: Any, *, scalar: bool = False) -> Any:
 
 def _run(ig: Integrand, q: Any, method: str, options: dict) -> tuple[Estimate, ...]:
     """Dispatch to a backend (imported on demand: the CLI pays only for the one it uses)."""
-    if method in ("auto", "quadrature"):
+    if method in ("auto", "closed_form", "quadrature"):
         from .backends import quadrature
 
         return quadrature.integrate(ig, q, **_only(options, "rtol"))
@@ -178,7 +180,34 @@ def moments(
     with _working_precision(method, digits, variance) as (q, digits):
         mean, second, derivative, *centred = _run(ig, q, method, {**options, "digits": digits})
         variance_f = _variance(mean, centred[0] if centred else second, c)
-        return Moments(act, q, mean, second, derivative, variance_f, digits=digits)
+        result = Moments(act, q, mean, second, derivative, variance_f, digits=digits)
+    if method in ("auto", "closed_form"):
+        result = _with_closed_forms(result, rtol or 1e-13)
+    return result
+
+
+def _with_closed_forms(m: Moments, rtol: float) -> Moments:
+    """Replace each moment by its verified closed form where that is at least as accurate at every q."""
+    cached = m.activation.__dict__.get("_closed_forms")  # set by the registry cache: no sympy needed
+    if cached is not None:
+        forms, programs = cached
+    else:
+        from .gaussian_rules import programs as compile_form
+        from .gaussian_rules import verified_forms
+
+        forms = verified_forms(m.activation)
+        programs = {name: compile_form(m.activation, name) for name in MOMENTS}
+    from .closed_form import evaluate
+
+    better = {}
+    for name in MOMENTS:
+        if programs.get(name) is None:
+            continue
+        value, error = evaluate(*programs[name], m.q)
+        quadrature = getattr(m, name)
+        if np.all(np.isfinite(value)) and np.all(error <= np.maximum(rtol * np.abs(value), quadrature.error)):
+            better[name] = Estimate(value[()], error[()], "closed_form")
+    return replace(m, closed_forms=forms, **better)
 
 
 DEFAULT_DIGITS = 40
