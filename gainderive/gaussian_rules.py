@@ -44,6 +44,11 @@ class NoClosedFormError(Exception):
     """The integrand is outside the class the rules cover."""
 
 
+# what "the rules do not apply" looks like: ours, or sympy declining an expression the rules did not expect
+_NO_RULE = (NoClosedFormError, sp.PolynomialError, TypeError, ValueError, NotImplementedError, ArithmeticError,
+            RecursionError)
+
+
 def _form(moment: str, expression: sp.Expr) -> ClosedForm:
     form = ClosedForm(moment, str(_to_erfc(expression)), sp.latex(expression))
     form.__dict__["expression"] = expression
@@ -160,8 +165,11 @@ def _truncated(n: int, mu, v, lo, hi):
     def edge(c, k):
         return sp.S.Zero if c in (sp.oo, -sp.oo) else c**k * _phi_density(c - mu, v)
 
-    if hi == sp.oo:  # Phi(-x) rather than 1 - Phi(x): the same number, without cancelling in the tail
+    # a difference of the smaller tails: Phi(-x) rather than 1 - Phi(x), the same number without cancelling
+    if hi == sp.oo:
         mass = sp.S.One if lo == -sp.oo else Phi((mu - lo) / s)
+    elif lo != -sp.oo and (lo - mu).is_nonnegative:
+        mass = Phi((mu - lo) / s) - Phi((mu - hi) / s)
     else:
         mass = cdf(hi) - cdf(lo)
     moments = [mass]
@@ -224,12 +232,21 @@ def piece_expectation(h: sp.Expr, lo, hi) -> sp.Expr:
 
 # -- moments -----------------------------------------------------------------------------------------------------
 def _tidy(expr: sp.Expr) -> sp.Expr:
-    """Cheap simplifications that keep the form readable (full simplify() can take minutes)."""
-    expr = sp.expand_complex(expr) if expr.has(sp.I) else expr
-    expr = sp.powsimp(sp.powdenest(expr, force=True), combine="exp")
-    # sorted: atoms() is a set, and its order (hash-seeded) would change the printed form from run to run
-    factors = sorted(expr.atoms(Phi), key=sp.default_sort_key) + sorted(expr.atoms(sp.exp), key=sp.default_sort_key)
-    return sp.collect(sp.expand(expr), factors, evaluate=True)
+    """Cheap simplifications that keep the form readable (a full simplify() can take minutes).
+
+    sympy's rewriting has bugs of its own (collect() once turned sqrt(2)/(2 sqrt(pi)) into
+    exp(2/log(2)) exp(-2/log(pi))), so the tidied form is kept only if it agrees with the raw one
+    at a few points.
+    """
+    raw = sp.expand_complex(expr) if expr.has(sp.I) else expr
+    tidy = sp.expand(sp.powsimp(sp.powdenest(raw), combine="exp"))
+    symbols = sorted(raw.free_symbols | tidy.free_symbols, key=sp.default_sort_key)
+    for point in (sp.Rational(3, 7), sp.Rational(11, 5)):
+        values = {sym: point + k * sp.Rational(1, 13) for k, sym in enumerate(symbols)}
+        a, b = sp.N(raw.subs(values), 30), sp.N(tidy.subs(values), 30)
+        if not (a.is_number and b.is_number) or abs(a - b) > sp.Float(1e-20, 30) * (1 + abs(a)):
+            return raw
+    return tidy
 
 
 @lru_cache(maxsize=128)
@@ -238,7 +255,12 @@ def closed_forms(act: Activation) -> dict[str, ClosedForm | None]:
     from ._structure import exact
 
     values = {parameter_symbol(k): exact(v) for k, v in act.params.items()}
-    pieces = _symbolic_pieces(act)
+    nothing: dict[str, ClosedForm | None] = dict.fromkeys(("mean", "second_moment", "derivative_second_moment",
+                                                           "variance"))
+    try:
+        pieces = _symbolic_pieces(act)
+    except _NO_RULE:
+        return nothing
     out: dict[str, ClosedForm | None] = {}
     for name, power, derivative in (("mean", 1, False), ("second_moment", 2, False),
                                     ("derivative_second_moment", 2, True)):
@@ -251,11 +273,14 @@ def closed_forms(act: Activation) -> dict[str, ClosedForm | None]:
                 g = sp.diff(f, X) if derivative else f
                 total += piece_expectation(g**power, lo, hi)
             out[name] = _form(name, _tidy(total))
-        except (NoClosedFormError, sp.PolynomialError):
+        except _NO_RULE:
             out[name] = None
     mean, second = out["mean"], out["second_moment"]
-    out["variance"] = None if mean is None or second is None else _form(
-        "variance", _tidy(second.expression - mean.expression**2))
+    try:
+        out["variance"] = None if mean is None or second is None else _form(
+            "variance", _tidy(second.expression - mean.expression**2))
+    except _NO_RULE:
+        out["variance"] = None
     _ = values  # parameter values only decide branch order; the forms keep the symbols
     return out
 

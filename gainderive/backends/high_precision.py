@@ -72,7 +72,10 @@ def _one_variance(integrand: Integrand, q, digits: int) -> list[tuple[mp.mpf, mp
     def weighted(t):
         return [abs(v) * mp.npdf(t) for v in programs[sum(1 for c in cuts if s * t > c)](s * t)]
 
-    bulk = [max(column) for column in zip(*(weighted(mp.mpf(t)) for t in (-2, -1, -0.5, 0.5, 1, 2)))]
+    # its size where the Gaussian has mass: at every finite split point (breakpoints included) and beside them
+    finite = [t for t in points if mp.isfinite(t)]
+    probes = {t + d for t in finite for d in (-mp.mpf("1e-3"), mp.mpf("1e-3"))} | {mp.mpf(v) for v in (-1, 1)}
+    bulk = [max(column) for column in zip(*(weighted(t) for t in probes))]
     for t in (-_FAR, _FAR):
         far = weighted(t)
         for j in range(m):
