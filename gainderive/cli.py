@@ -76,6 +76,7 @@ def _build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--samples", type=int, default=None, help="Monte Carlo evaluations (default 2^21)")
     derive.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (default 0)")
     derive.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    derive.add_argument("--latex", action="store_true", help="show the closed forms in LaTeX")
     derive.add_argument("--quiet", action="store_true", help="no progress bar")
 
     listing = sub.add_parser("list", help="the registry of named activations",
@@ -116,13 +117,20 @@ def _derive(args: argparse.Namespace) -> int:
         m = moments(args.activation, q, **params)
     g = gains(m)
     act = m.activation
+    forms = m.closed_forms
+    if not forms:  # high precision does not pick methods per moment; the forms are still worth showing
+        from .closed_form import closed_forms
+
+        forms = closed_forms(act)
     report: dict[str, Any] = {
         "activation": act.name,
         "formula": act.formula,
         "params": act.parameter_values,
         "variance": q,
         "moments": {name: {"value": _number(e.value, args.digits), "error": _error(e.error, args.digits),
-                           "method": e.method} for name, e in m},
+                           "method": e.method,
+                           "closed_form": forms[name].text if forms.get(name) else None,
+                           "latex": forms[name].latex if forms.get(name) else None} for name, e in m},
         "gains": {name: _number(e.value, args.digits) for name, e in g},
     }
     check = None
@@ -135,7 +143,7 @@ def _derive(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        print(_table(report, act, m, g))
+        print(_table(report, act, m, g, latex=args.latex))
     if check is not None and not check["passed"]:
         worst = max(check["moments"].items(), key=lambda kv: abs(kv[1]["z_score"]))
         raise CheckError(
@@ -165,7 +173,7 @@ def _default_samples() -> int:
     return DEFAULT_SAMPLES
 
 
-def _table(report: dict[str, Any], act, m, g) -> str:
+def _table(report: dict[str, Any], act, m, g, *, latex: bool = False) -> str:
     params = "  ".join(f"{k}={v:g}" for k, v in report["params"].items())
     lines = [f"{act.name}   q = {report['variance']:g}"]
     if act.formula != act.name:
@@ -181,6 +189,16 @@ def _table(report: dict[str, Any], act, m, g) -> str:
     for name, entry in report["moments"].items():
         value, error = _fmt(entry["value"]), _fmt_err(entry["error"])
         lines.append(f"  {_LABELS[name]:<12}{value:>26}  {error:>9}  {entry['method']}")
+    lines.append("")
+    key = "latex" if latex else "closed_form"
+    if any(entry[key] for entry in report["moments"].values()):
+        note = "; \\Phi is the standard normal CDF" if latex else ""
+        lines.append(f"  closed forms (each verified against quadrature before it is shown{note}):")
+        for name, entry in report["moments"].items():
+            shown = entry[key] or "none: this moment is computed by quadrature"
+            lines.append(f"  {_LABELS[name]:<12}= {shown}")
+    else:
+        lines.append("  closed forms: none for this activation (outside the rule-based class); quadrature is used")
     lines.append("")
     lines.append(f"  {'gain':<12}{'value':>26}  std = gain / sqrt(fan)")
     for name, value in report["gains"].items():
