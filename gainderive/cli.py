@@ -71,6 +71,8 @@ def _build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--variance", "-q", default="1", help="input variance q > 0 (default 1)")
     derive.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                         help="activation parameter, repeatable (e.g. --param alpha=2)")
+    derive.add_argument("--method", choices=("auto", "closed_form", "quadrature"), default="auto",
+                        help="auto (default): verified closed forms where they exist, quadrature otherwise")
     derive.add_argument("--digits", type=int, help="use mpmath at this many significant digits (5..200)")
     derive.add_argument("--check", action="store_true", help="cross-check by Monte Carlo; fail beyond 5 SE")
     derive.add_argument("--samples", type=int, default=None, help="Monte Carlo evaluations (default 2^21)")
@@ -114,11 +116,11 @@ def _derive(args: argparse.Namespace) -> int:
     if args.digits is not None:
         m = moments(args.activation, args.variance, "high_precision", digits=args.digits, **params)
     else:
-        m = moments(args.activation, q, **params)
+        m = moments(args.activation, q, args.method, **params)
     g = gains(m)
     act = m.activation
     forms = m.closed_forms
-    if not forms:  # high precision does not pick methods per moment; the forms are still worth showing
+    if not forms and args.method != "quadrature":  # high precision does not choose per moment; show them anyway
         from .closed_form import closed_forms
 
         forms = closed_forms(act)
