@@ -238,7 +238,7 @@ SYMPY_SECONDS = 1.0
 _HOPELESS = (sp.tanh, sp.log, sp.atan, sp.asinh, sp.Abs, sp.sign)
 
 
-class _OutOfTime(Exception):
+class _OutOfTimeError(Exception):
     pass
 
 
@@ -253,14 +253,14 @@ def _sympy_integral(h: sp.Expr, lo, hi) -> sp.Expr:
         raise NoClosedFormError("no rule, and sympy cannot integrate this against a Gaussian")
 
     def out_of_time(*_):
-        raise _OutOfTime
+        raise _OutOfTimeError
 
     previous = signal.signal(signal.SIGALRM, out_of_time)
     signal.setitimer(signal.ITIMER_REAL, SYMPY_SECONDS)
     try:
         density = sp.exp(-X**2 / (2 * Q)) / sp.sqrt(2 * sp.pi * Q)
         result = sp.integrate(h.rewrite(sp.erf) * density, (X, lo, hi))
-    except _OutOfTime:
+    except _OutOfTimeError:
         raise NoClosedFormError(f"sympy found no closed form within {SYMPY_SECONDS:g} s") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
