@@ -252,7 +252,15 @@ class Program:
         raise FormulaError(f"cannot evaluate {name}() numerically; it is outside the supported functions")
 
     def _add(self, e: sp.Add) -> int:
-        terms = list(e.args)
+        import sympy as sp
+
+        # the constant terms as one constant, evaluated exactly: -1 + erf(3) summed in floats loses five digits
+        constants = [t for t in e.args if not t.free_symbols]
+        terms = [t for t in e.args if t.free_symbols]
+        if len(constants) > 1:
+            terms.append(sp.Add(*constants, evaluate=False))
+        else:
+            terms.extend(constants)
         # k*exp(u) - k  ->  k*expm1(u): exact near u = 0, where the difference cancels.
         for term in terms:
             k, rest = term.as_coeff_Mul()

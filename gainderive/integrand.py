@@ -77,7 +77,8 @@ class Integrand:
 def _exp_polynomial(h: sp.Expr) -> dict[float, dict[int, float]] | None:
     """h as {a: {n: c}} meaning sum c z^n e^{a z}, or None if h is not such a finite sum."""
     h = sp.powsimp(sp.expand(h), combine="exp")
-    terms: dict[float, dict[int, float]] = {}
+    # coefficients are summed exactly and rounded once: -1 + erf(3) in floats would lose five digits
+    exact: dict[sp.Expr, dict[int, sp.Expr]] = {}
     for term in sp.Add.make_args(sp.expand(h)):
         coeff, power, rate = sp.S.One, 0, sp.S.Zero
         for factor in sp.Mul.make_args(term):
@@ -100,9 +101,9 @@ def _exp_polynomial(h: sp.Expr) -> dict[float, dict[int, float]] | None:
                 return None
         if power > _MAX_DEGREE or not coeff.is_real:
             return None
-        bucket = terms.setdefault(float(rate), {})
-        bucket[power] = bucket.get(power, 0.0) + float(coeff)
-    return terms
+        bucket = exact.setdefault(rate, {})
+        bucket[power] = bucket.get(power, sp.S.Zero) + coeff
+    return {float(rate): {n: float(c) for n, c in bucket.items()} for rate, bucket in exact.items()}
 
 
 def integrand(act: Activation, functions: Mapping[str, sp.Expr]) -> Integrand:
