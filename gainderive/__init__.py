@@ -1,10 +1,10 @@
 """gainderive: weight-initialisation gains for any activation from exact Gaussian moments.
 
 For z ~ N(0, q) and an activation f, gainderive computes E[f(z)], E[f(z)^2],
-E[f'(z)^2] and Var f(z) (by kink-aware quadrature to ~1e-13, at any precision
-with mpmath, or by Monte Carlo as an independent check) and from them the
-variance-preserving gains sqrt(q / E[f^2]) (fan_in) and 1 / sqrt(E[f'^2])
-(fan_out).
+E[f'(z)^2] and Var f(z) (as verified closed forms where they exist, by
+kink-aware quadrature to ~1e-13 otherwise, at any precision with mpmath, or by
+Monte Carlo as an independent check) and from them the variance-preserving
+gains sqrt(q / E[f^2]) (fan_in) and 1 / sqrt(E[f'^2]) (fan_out).
 
 >>> import gainderive
 >>> round(float(gainderive.moments("elu").second_moment.value), 12)
@@ -12,6 +12,7 @@ variance-preserving gains sqrt(q / E[f^2]) (fan_in) and 1 / sqrt(E[f'^2])
 """
 
 from .activation import Activation
+from .closed_form import ClosedForm, closed_forms
 from .errors import (
     CheckError,
     ConvergenceError,
@@ -34,6 +35,7 @@ __all__ = [
     "REGISTRY",
     "Activation",
     "CheckError",
+    "ClosedForm",
     "ConvergenceError",
     "DiracDerivativeError",
     "DivergenceError",
@@ -47,6 +49,7 @@ __all__ = [
     "VarianceError",
     "__version__",
     "activation",
+    "closed_forms",
     "expectation",
     "gain",
     "gains",

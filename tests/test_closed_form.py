@@ -125,3 +125,18 @@ def test_json_forms_parse_back_with_sympy(capsys):
         assert entry["latex"]
     assert main(["derive", "elu", "--latex"]) == 0
     assert r"\Phi" in capsys.readouterr().out
+
+
+def test_cli_says_when_there_is_no_closed_form_and_honours_method(capsys):
+    assert main(["derive", "tanh"]) == 0
+    out = capsys.readouterr().out
+    assert "closed forms: none for this activation" in out and "closed_form" not in out
+    assert main(["derive", "elu", "--method", "quadrature", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert all(entry["method"] == "quadrature" for entry in report["moments"].values())
+    assert all(entry["closed_form"] is None for entry in report["moments"].values())
+
+
+def test_package_root_exposes_the_sympy_expression():
+    form = gd.closed_forms("relu")["second_moment"]
+    assert isinstance(form, gd.ClosedForm) and form.expression == Q / 2
