@@ -337,22 +337,27 @@ class ScaledPhi(sp.Function):
 
 
 def stable(expr: sp.Expr) -> sp.Expr:
-    """Rewrite e^A Phi(B) as ScaledPhi(A - B^2/2, B), simplifying the exponent symbolically.
+    """Rewrite each e^A prod Phi(B_i)^k_i as prod ScaledPhi(0, B_i)^k_i times e^{A - sum k_i B_i^2/2}.
 
-    ELU's e^{2q} Phi(-2 sqrt q) becomes ScaledPhi(0, -2 sqrt q) = erfcx(sqrt(2q))/2: no overflow at large q,
-    no cancellation between the exponent and the Gaussian tail.
+    The exponent left over is simplified symbolically, so that the Gaussian tails carried by erfcx and the
+    exponential growth cancel exactly: ELU's e^{2q} Phi(-2 sqrt q) becomes ScaledPhi(0, -2 sqrt q) =
+    erfcx(sqrt(2q))/2, and e^q Phi(-sqrt q)^2 becomes ScaledPhi(0, -sqrt q)^2, with no overflow at large q
+    and no cancellation between exponent and tail.
     """
 
     def rewrite(term):
         factors = list(sp.Mul.make_args(term))
-        phis = [f for f in factors if isinstance(f, Phi)]
         exps = [f for f in factors if isinstance(f, sp.exp)]
-        if len(phis) != 1 or not exps:
+        powers = [(f.args[0], 1) if isinstance(f, Phi) else (f.base.args[0], int(f.exp)) for f in factors
+                  if isinstance(f, Phi) or (f.is_Pow and isinstance(f.base, Phi) and f.exp.is_Integer and f.exp > 0)]
+        if not exps or not powers:
             return term
-        b = phis[0].args[0]
-        exponent = sp.Add(*(e.args[0] for e in exps))
-        rest = [f for f in factors if f is not phis[0] and not isinstance(f, sp.exp)]
-        return sp.Mul(*rest) * ScaledPhi(sp.simplify(exponent - b**2 / 2), b)
+        rest = [f for f in factors if not isinstance(f, sp.exp) and not isinstance(f, Phi)
+                and not (f.is_Pow and isinstance(f.base, Phi))]
+        left = sp.simplify(sp.Add(*(e.args[0] for e in exps)) - sum(k * b**2 / 2 for b, k in powers))
+        (b0, k0), *others = powers
+        scaled = ScaledPhi(left / k0, b0) ** k0 * sp.Mul(*(ScaledPhi(0, b) ** k for b, k in others))
+        return sp.Mul(*rest) * scaled
 
     return sp.Add(*(rewrite(t) for t in sp.Add.make_args(sp.expand(expr))))
 

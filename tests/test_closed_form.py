@@ -140,3 +140,18 @@ def test_cli_says_when_there_is_no_closed_form_and_honours_method(capsys):
 def test_package_root_exposes_the_sympy_expression():
     form = gd.closed_forms("relu")["second_moment"]
     assert isinstance(form, gd.ClosedForm) and form.expression == Q / 2
+
+
+@pytest.mark.parametrize("name", COVERED)
+def test_float64_forms_on_a_dense_grid_agree_with_quadrature(name):
+    # 241 q over [1e-3, 1e3]: finite everywhere (no e^{2q} Phi(-2 sqrt q) overflow) and within 1e-12 of
+    # quadrature, itself within ~1e-14 of the 40-digit references (test_quadrature.py)
+    q = np.logspace(-3, 3, 241)
+    act = gd.activation(name)
+    quad = gd.moments(name, q, "quadrature")
+    for moment in MOMENTS:
+        value, _ = evaluate(*gaussian_rules.programs(act, moment), q)
+        reference = getattr(quad, moment).value
+        scale = np.sqrt(quad.second_moment.value) if moment == "mean" else np.abs(reference)
+        assert np.all(np.isfinite(value)), moment
+        assert np.all(np.abs(value - reference) <= 1e-12 * np.where(scale > 0, scale, 1.0)), moment
