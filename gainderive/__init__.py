@@ -28,6 +28,7 @@ from .estimate import Estimate
 from .gains import Gains, gain, gains
 from .moments import Moments, expectation, moments
 from .registry import REGISTRY, activation
+from .tables import Table, table
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "Gains",
     "Moments",
     "ParameterError",
+    "Table",
     "UnknownActivationError",
     "VarianceError",
     "__version__",
@@ -54,4 +56,5 @@ __all__ = [
     "gain",
     "gains",
     "moments",
+    "table",
 ]

@@ -81,6 +81,25 @@ def _build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--latex", action="store_true", help="show the closed forms in LaTeX")
     derive.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    tab = sub.add_parser("table", help="moments and gains of activations over a grid of input variances",
+                         description="A lookup table of moments and gains against q, as CSV, JSON or Markdown.")
+    tab.add_argument("activations", nargs="+", metavar="ACT", help="registry names or formulas in x")
+    tab.add_argument("--variance", "-q", default="1e-3:1e3:121",
+                     help="start:stop:count[:log|lin] (log spacing by default) or a comma list; default 1e-3:1e3:121")
+    tab.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="activation parameter")
+    tab.add_argument("--format", "-f", default="csv", help="csv (default), json or markdown")
+    tab.add_argument("--method", choices=("auto", "closed_form", "quadrature"), default="auto")
+    tab.add_argument("--output", "-o", help="write to this file (atomically) instead of standard output")
+    tab.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    plot = sub.add_parser("plot", help="gain_fan_in and gain_fan_out against q, with PyTorch's table values",
+                          description="Plot the gains against q on a log axis (needs matplotlib: pip install "
+                          "'gainderive[plot]').")
+    plot.add_argument("activations", nargs="+", metavar="ACT", help="registry names or formulas in x")
+    plot.add_argument("--output", "-o", required=True, help="the PNG file to write")
+    plot.add_argument("--variance", "-q", default="1e-3:1e3:241", help="as for table; default 1e-3:1e3:241")
+    plot.add_argument("--size", default="900x600", help="WIDTHxHEIGHT in pixels (default 900x600)")
+
     listing = sub.add_parser("list", help="the registry of named activations",
                              description="Registry names, formulas, parameters and references.")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -225,6 +244,46 @@ def _fmt_err(value: Any) -> str:
     return value if isinstance(value, str) else f"{value:.2g}"
 
 
+def _table_command(args: argparse.Namespace) -> int:
+    from .progress import progress_bar
+    from .tables import parse_variance_spec, table, write_atomic
+
+    formats = ("csv", "json", "markdown")
+    if args.format not in formats:
+        raise GainDeriveError(f"unknown format {args.format!r}; accepted: {', '.join(formats)}")
+    q = parse_variance_spec(args.variance)
+    params = _params(args.param)
+    tables = []
+    with progress_bar("tables", enabled=not args.quiet) as bar:
+        for done, name in enumerate(args.activations, 1):
+            tables.append(table(name, q, method=args.method, **params))
+            if bar is not None:
+                bar(done, len(args.activations))
+    if args.format == "csv":
+        text = "\n".join(t.to_csv() for t in tables)
+    elif args.format == "json":
+        payload = [t.to_json() for t in tables]
+        text = json.dumps(payload[0] if len(payload) == 1 else payload, indent=1) + "\n"
+    else:
+        text = "\n".join(t.to_markdown() for t in tables)
+    if args.output:
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _plot_command(args: argparse.Namespace) -> int:
+    from .plot import plot_gains
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise GainDeriveError(f"--size takes WIDTHxHEIGHT in pixels, e.g. 900x600; got {args.size!r}") from None
+    plot_gains(args.activations, args.output, variance=args.variance, size=(width, height))
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from .registry import REGISTRY
 
@@ -255,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"derive": _derive, "list": _list}[args.command](args)
+        return {"derive": _derive, "list": _list, "table": _table_command, "plot": _plot_command}[args.command](args)
     except CheckError as exc:
         print(f"gainderive: check failed: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,67 @@
+"""Plots of the gains against q (matplotlib is an optional extra: pip install 'gainderive[plot]')."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import GainDeriveError
+
+__all__ = ["PYTORCH_GAINS", "plot_gains"]
+
+#: torch.nn.init.calculate_gain's table (PyTorch 2.x docs), for the activations it names.
+PYTORCH_GAINS = {
+    "identity": 1.0,
+    "sigmoid": 1.0,
+    "tanh": 5.0 / 3.0,
+    "relu": math.sqrt(2.0),
+    "leaky_relu": math.sqrt(2.0 / (1 + 0.01**2)),
+    "selu": 3.0 / 4.0,
+}
+
+
+def plot_gains(activations: Sequence[str], output: str | os.PathLike, *, variance: str = "1e-3:1e3:241",
+               size: tuple[int, int] = (900, 600)) -> None:
+    """gain_fan_in (solid) and gain_fan_out (dashed) against q, with PyTorch's constant marked (dotted)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GainDeriveError("plotting needs matplotlib: pip install 'gainderive[plot]'") from None
+    from .tables import table
+
+    width, height = size
+    if not (100 <= width <= 8000 and 100 <= height <= 8000):
+        raise GainDeriveError(f"plot size {width}x{height} out of range; accepted: 100..8000 pixels per side")
+    dpi = 100
+    fig, ax = plt.subplots(figsize=(width / dpi, height / dpi), dpi=dpi)
+    for k, name in enumerate(activations):
+        t = table(name, variance)
+        color = f"C{k % 10}"
+        ax.plot(t.q, t.columns["gain_fan_in"], color=color, label=f"{t.activation.name}: fan_in")
+        ax.plot(t.q, t.columns["gain_fan_out"], color=color, linestyle="--", label=f"{t.activation.name}: fan_out")
+        if t.activation.name in PYTORCH_GAINS:
+            ax.axhline(PYTORCH_GAINS[t.activation.name], color=color, linestyle=":", linewidth=1,
+                       label=f"{t.activation.name}: torch calculate_gain")
+    ax.set_xscale("log")
+    ax.set_yscale("log")  # saturating activations' gains grow like sqrt(q): a log axis keeps the rest readable
+    ax.set_xlabel("input variance q")
+    ax.set_ylabel("gain (std = gain / sqrt(fan))")
+    ax.set_title("Variance-preserving gains against input variance (dotted: torch calculate_gain)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    target = Path(output)
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise GainDeriveError(f"cannot write {str(output)!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
