@@ -227,8 +227,8 @@ def _working_precision(method: str, digits: int | None, variance: Any) -> Iterat
 
 def _exact_variance(variance: Any) -> mp.mpf:
     """q at the current mpmath precision; a float means the decimal it prints as (0.1 is 1/10)."""
-    if isinstance(variance, float):
-        variance = repr(variance)
+    if isinstance(variance, float):  # np.float64 included: its repr() is not a plain decimal in numpy 2
+        variance = repr(float(variance))
     elif isinstance(variance, (int, np.integer)) and not isinstance(variance, bool):
         variance = str(int(variance))
     return check_variance(variance if isinstance(variance, (str, mp.mpf)) else check_variance(variance, scalar=True))

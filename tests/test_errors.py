@@ -117,3 +117,8 @@ def test_any_formula_gives_numbers_or_a_gainderive_error(text, q):
         return
     for _, est in m:
         assert np.isfinite(est.value) and np.isfinite(est.error) and est.error >= 0
+
+
+def test_numpy_scalar_variance_for_high_precision():
+    m = gd.moments("relu", np.float64(2.0), method="high_precision", digits=20)
+    assert abs(m.second_moment.value - 1) < 1e-19  # q/2
