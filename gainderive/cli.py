@@ -324,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gainderive: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader (e.g. head) went away: stop quietly, as a pipeline expects
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # a bug, not bad input: one line, and the traceback on request
         if os.environ.get("GAINDERIVE_DEBUG"):
             raise

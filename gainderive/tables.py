@@ -77,7 +77,8 @@ class Lookup:
     """Interpolant of one column in log q (monotone cubic: PCHIP), with its measured interpolation error.
 
     ``max_relative_error`` is the largest relative difference between the interpolant and the exact value at
-    the log-midpoints of the grid, where interpolation error peaks; calls outside the grid raise.
+    four points inside every grid interval (at 0.2, 0.4, 0.6 and 0.8 of it in log q: PCHIP's error peaks near
+    0.2 and 0.8, not at the midpoint, where its slope errors cancel); calls outside the grid raise.
     """
 
     column: str
@@ -134,7 +135,7 @@ class Table:
         return out
 
     def lookup(self, column: str = "gain_fan_in") -> Lookup:
-        """Interpolate ``column`` in log q; its interpolation error is measured at the grid's log-midpoints."""
+        """Interpolate ``column`` in log q; its interpolation error is measured inside every grid interval."""
         from scipy.interpolate import PchipInterpolator
 
         if column not in COLUMNS or column == "variance":
@@ -144,10 +145,10 @@ class Table:
         order = np.argsort(self.q)
         logq, values = np.log(self.q[order]), self.columns[column][order]
         interpolant = PchipInterpolator(logq, values)
-        midpoints = np.exp(0.5 * (logq[1:] + logq[:-1]))
-        exact = table(self.activation, midpoints).columns[column]
+        inside = np.concatenate([logq[:-1] + f * np.diff(logq) for f in (0.2, 0.4, 0.6, 0.8)])
+        exact = table(self.activation, np.exp(inside)).columns[column]
         scale = np.maximum(np.abs(exact), np.max(np.abs(values)) * 1e-12)
-        error = float(np.max(np.abs(interpolant(np.log(midpoints)) - exact) / scale))
+        error = float(np.max(np.abs(interpolant(inside) - exact) / scale))
         return Lookup(column, float(self.q.min()), float(self.q.max()), error, interpolant)
 
     # -- text formats ---------------------------------------------------------------------------------------
