@@ -100,6 +100,20 @@ def _build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--variance", "-q", default="1e-3:1e3:241", help="as for table; default 1e-3:1e3:241")
     plot.add_argument("--size", default="900x600", help="WIDTHxHEIGHT in pixels (default 900x600)")
 
+    verify = sub.add_parser("verify", help="check a hand-derived moment or gain",
+                            description="Prove a claimed moment or gain symbolically, or check it at 30 digits; "
+                            "exit 0 if verified, 1 if refuted, 2 for bad input.")
+    verify.add_argument("activation", help="registry name or formula in x")
+    target = verify.add_mutually_exclusive_group()
+    target.add_argument("--moment", default="second_moment",
+                        help="mean, second_moment (default), derivative_second_moment, variance, or h in f, df, x")
+    target.add_argument("--gain", choices=("fan_in", "fan_out", "variance"), help="check a gain instead")
+    verify.add_argument("--expected", required=True, help="a number or a formula in q and the parameters")
+    verify.add_argument("--variance", "-q", help="check at this q only (default: a spread of q)")
+    verify.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    verify.add_argument("--rtol", type=float, help="relative tolerance (default: 30 digits for formulas, "
+                        "1e-12 for numbers)")
+
     listing = sub.add_parser("list", help="the registry of named activations",
                              description="Registry names, formulas, parameters and references.")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -284,6 +298,36 @@ def _plot_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_command(args: argparse.Namespace) -> int:
+    from .testing import DerivationError, assert_gain, assert_moment
+
+    try:
+        expected: Any = float(args.expected)
+    except ValueError:
+        expected = args.expected
+    params = _params(args.param) or None
+    variance = args.variance
+    if variance is not None:
+        _variance(variance)  # validates: one line, exit 2
+    try:
+        if args.gain:
+            result = assert_gain(args.activation, expected, mode=args.gain, variance=variance, params=params,
+                                 rtol=args.rtol)
+            what = f"gain_{args.gain}"
+        else:
+            result = assert_moment(args.activation, args.moment, expected, variance=variance, params=params,
+                                   rtol=args.rtol)
+            what = args.moment
+    except DerivationError as exc:
+        print(f"refuted: {exc}")
+        return 1
+    how = ("proved equal to the derived closed form" if result.how == "symbolic"
+           else f"agrees numerically at {result.points} point(s)"
+           + (f" to {result.digits - 5} digits" if result.digits else f" to relative {args.rtol or 1e-12:g}"))
+    print(f"verified: {what} of {args.activation} = {args.expected}: {how}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from .registry import REGISTRY
 
@@ -314,7 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"derive": _derive, "list": _list, "table": _table_command, "plot": _plot_command}[args.command](args)
+        commands = {"derive": _derive, "list": _list, "table": _table_command, "plot": _plot_command,
+                    "verify": _verify_command}
+        return commands[args.command](args)
     except CheckError as exc:
         print(f"gainderive: check failed: {exc}", file=sys.stderr)
         return 1

@@ -87,7 +87,8 @@ def _one_variance(integrand: Integrand, q, digits: int) -> list[tuple[mp.mpf, mp
                 )
     out = []
     for j in range(m):
-        if errors[j] > mp.mpf(10) ** (-digits) * max(abs(totals[j]), scale[j] * mp.mpf(10) ** (-_GUARD)):
+        # relative to the value, or to 1e-5 of E|h| where the value cancels (an odd f has mean 0)
+        if errors[j] > mp.mpf(10) ** (-digits) * max(abs(totals[j]), scale[j] * mp.mpf("1e-5")):
             raise ConvergenceError(
                 f"E[{integrand.labels[j]}] at q = {mp.nstr(q, 6)} reached only an error of "
                 f"{mp.nstr(errors[j], 3)} at {digits} digits: the integrand is probably singular"
