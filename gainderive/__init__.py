@@ -26,6 +26,7 @@ from .errors import (
 )
 from .estimate import Estimate
 from .gains import Gains, gain, gains
+from .init import calculate_gain
 from .moments import Moments, expectation, moments
 from .registry import REGISTRY, activation
 from .tables import Table, table
@@ -51,6 +52,7 @@ __all__ = [
     "VarianceError",
     "__version__",
     "activation",
+    "calculate_gain",
     "closed_forms",
     "expectation",
     "gain",

@@ -1,0 +1,167 @@
+r"""From a gain to a weight tensor: fans, modes and distributions (work in progress for issue #6).
+
+std = gain / sqrt(fan) for the chosen mode, and the distribution with that standard deviation:
+
+* ``fan_in`` / ``fan_out``: gain_fan_in = sqrt(q / E[f^2]) over fan_in, gain_fan_out = 1 / sqrt(E[f'^2]) over
+  fan_out (docs/conventions.md);
+* ``fan_avg``: Glorot's compromise with both moments, Var w = 2 / (fan_in E[f^2]/q + fan_out E[f'^2]): the
+  harmonic mean of the two variances, which is 2 / (fan_in + fan_out) for the identity (Glorot & Bengio 2010).
+
+Distributions: ``normal``; ``uniform`` on [-bound, bound] with bound = sqrt(3) std; ``truncated_normal`` at
+±2 standard deviations of the underlying normal, rescaled so that the *truncated* variable has the target std
+(the factor is derived, :func:`truncation_std`, and is TensorFlow's 0.87962566103423978); ``orthogonal``
+(Saxe et al. 2014): rows or columns orthonormal, whichever are fewer, scaled by the gain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import GainDeriveError
+
+__all__ = ["DISTRIBUTIONS", "InitSpec", "calculate_gain", "fans", "sample", "spec", "truncation_std"]
+
+LAYOUTS = ("torch", "tf")
+MODES = ("fan_in", "fan_out", "fan_avg")
+DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal")
+_TORCH_LINEAR = {"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
+
+
+def fans(shape: Sequence[int], layout: str = "torch", groups: int = 1) -> tuple[int, int]:
+    """(fan_in, fan_out) of a dense or convolution kernel of any rank.
+
+    ``torch`` layout is (out, in/groups, *kernel); ``tf`` is (*kernel, in/groups, out).  Each output unit
+    sees in/groups * prod(kernel) inputs; each input unit feeds out/groups * prod(kernel) outputs -- for a
+    depthwise convolution (groups = channels) that is prod(kernel), not channels * prod(kernel).
+    """
+    shape = tuple(shape)
+    if len(shape) < 2:
+        raise GainDeriveError(f"a weight shape needs at least 2 dimensions (out, in, ...); got {shape}")
+    if any(not isinstance(s, (int, np.integer)) or s <= 0 for s in shape):
+        raise GainDeriveError(f"shape sizes must be positive integers; got {shape}")
+    if layout not in LAYOUTS:
+        raise GainDeriveError(f"unknown layout {layout!r}; accepted: {', '.join(LAYOUTS)}")
+    if not isinstance(groups, (int, np.integer)) or groups < 1:
+        raise GainDeriveError(f"groups must be a positive integer; got {groups!r}")
+    if layout == "torch":
+        out, per_group_in, kernel = shape[0], shape[1], shape[2:]
+    else:
+        out, per_group_in, kernel = shape[-1], shape[-2], shape[:-2]
+    if out % groups:
+        raise GainDeriveError(f"groups = {groups} does not divide the {out} output channels")
+    receptive = math.prod(kernel) if kernel else 1
+    return per_group_in * receptive, (out // groups) * receptive
+
+
+def truncation_std(bound: float = 2.0) -> float:
+    """Standard deviation of N(0, 1) truncated to [-bound, bound]: sqrt(1 - 2 b phi(b) / (2 Phi(b) - 1)).
+
+    Derived from the truncated normal's variance (Johnson, Kotz & Balakrishnan 1994, ch. 13); at b = 2
+    it is 0.87962566103423978, the constant TensorFlow divides by.
+    """
+    import mpmath as mp
+
+    with mp.workdps(30):
+        b = mp.mpf(bound)
+        return float(mp.sqrt(1 - 2 * b * mp.npdf(b) / (2 * mp.ncdf(b) - 1)))
+
+
+def calculate_gain(nonlinearity: str, param: float | None = None, *, variance: float = 1.0) -> float:
+    """A drop-in for ``torch.nn.init.calculate_gain`` that returns the exact gain at input variance q.
+
+    PyTorch's names (linear, conv*, sigmoid, tanh, relu, leaky_relu with ``param`` = negative_slope, selu)
+    and any registry name or formula; the value is gain_fan_in = sqrt(q / E[f(z)^2]) at q = ``variance``.
+    """
+    from .gains import gain
+
+    if nonlinearity in _TORCH_LINEAR:
+        return 1.0
+    params: dict[str, Any] = {}
+    if nonlinearity == "leaky_relu":
+        params["negative_slope"] = 0.01 if param is None else param
+    elif param is not None:
+        raise GainDeriveError(f"param applies to leaky_relu only (its negative_slope); got param={param!r}")
+    return float(gain(nonlinearity, variance, "fan_in", **params))
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How to initialise one weight tensor, and where each number came from."""
+
+    activation: str
+    shape: tuple[int, ...]
+    layout: str
+    mode: str
+    distribution: str
+    variance: float
+    fan_in: int
+    fan_out: int
+    gain: float
+    std: float
+    bound: float | None
+    how: str
+
+
+def spec(activation: Any, shape: Sequence[int], *, mode: str = "fan_in", distribution: str = "normal",
+         variance: float = 1.0, layout: str = "torch", groups: int = 1, **params: Any) -> InitSpec:
+    """The std (and bound) that preserves the signal through a layer of this shape, with provenance."""
+    from .gains import gains
+    from .moments import moments
+
+    if mode not in MODES:
+        raise GainDeriveError(f"unknown mode {mode!r}; accepted: {', '.join(MODES)}")
+    if distribution not in DISTRIBUTIONS:
+        raise GainDeriveError(f"unknown distribution {distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}")
+    fan_in, fan_out = fans(shape, layout, groups)
+    m = moments(activation, variance, **params)
+    g = gains(m)
+    if mode == "fan_in":
+        gain, var_w = float(g.fan_in.value), float(g.fan_in.value) ** 2 / fan_in
+        how = f"gain = sqrt(q / E[f^2]) ({m.second_moment.method}); std = gain / sqrt(fan_in)"
+    elif mode == "fan_out":
+        gain, var_w = float(g.fan_out.value), float(g.fan_out.value) ** 2 / fan_out
+        how = f"gain = 1 / sqrt(E[f'^2]) ({m.derivative_second_moment.method}); std = gain / sqrt(fan_out)"
+    else:
+        second = float(m.second_moment.value) / float(m.q)
+        derivative = float(m.derivative_second_moment.value)
+        var_w = 2.0 / (fan_in * second + fan_out * derivative)
+        gain = math.sqrt(var_w * (fan_in + fan_out) / 2)
+        how = "Var w = 2 / (fan_in E[f^2]/q + fan_out E[f'^2]); gain relative to sqrt(2 / (fan_in + fan_out))"
+    std = math.sqrt(var_w)
+    bound = math.sqrt(3.0) * std if distribution == "uniform" else (2 * std / truncation_std(2.0)
+                                                                   if distribution == "truncated_normal" else None)
+    name = activation if isinstance(activation, str) else activation.name
+    return InitSpec(name, tuple(int(s) for s in shape), layout, mode, distribution, float(variance), fan_in, fan_out,
+                    gain, std, bound, how)
+
+
+def sample(init: InitSpec, rng: np.random.Generator | int | None = None) -> np.ndarray:
+    """A weight tensor of ``init.shape`` drawn from ``init.distribution`` with standard deviation ``init.std``."""
+    rng = np.random.default_rng(rng)
+    shape = init.shape
+    if init.distribution == "normal":
+        return rng.normal(0.0, init.std, shape)
+    if init.distribution == "uniform":
+        return rng.uniform(-init.bound, init.bound, shape)
+    if init.distribution == "truncated_normal":
+        scale = init.std / truncation_std(2.0)  # the underlying normal, before truncation at +-2 of it
+        out = rng.standard_normal(shape)
+        bad = np.abs(out) > 2
+        while bad.any():  # redraw outside +-2: exact truncation, no clipping mass at the bounds
+            out[bad] = rng.standard_normal(int(bad.sum()))
+            bad = np.abs(out) > 2
+        return out * scale
+    # orthogonal: a Haar-random orthonormal set of rows or columns, whichever are fewer
+    rows = shape[0] if init.layout == "torch" else shape[-1]
+    cols = int(np.prod(shape)) // rows
+    a = rng.standard_normal((max(rows, cols), min(rows, cols)))
+    qmat, r = np.linalg.qr(a)
+    qmat *= np.sign(np.diag(r))  # the sign fix that makes the distribution Haar (Mezzadri 2007)
+    matrix = qmat if rows >= cols else qmat.T
+    weights = init.gain * matrix  # Saxe et al. 2014: W = gain Q, so |W x| = gain |x| along the shorter side
+    return weights.reshape(shape) if init.layout == "torch" else weights.T.reshape(shape)

@@ -1,0 +1,91 @@
+"""Initialisers (first part of #6): fans, modes, distributions and the classic schemes as special cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from gainderive import init
+from gainderive.errors import GainDeriveError
+
+
+def test_fans_dense_conv_grouped_depthwise_and_tf_layout():
+    assert init.fans((10, 20)) == (20, 10)  # torch Linear weight is (out, in)
+    assert init.fans((20, 10), "tf") == (20, 10)  # Keras Dense kernel is (in, out)
+    assert init.fans((64, 32, 3, 3)) == (288, 576)
+    assert init.fans((3, 3, 32, 64), "tf") == (288, 576)
+    assert init.fans((64, 8, 3, 3), groups=4) == (72, 144)  # each output sees 8*9 inputs, each input feeds 16*9
+    # depthwise (groups = channels): fan_out is 9, not 64*9 as torch computes it (pytorch issue #23854)
+    assert init.fans((64, 1, 3, 3), groups=64) == (9, 9)
+    assert init.fans((16, 4, 3, 3, 3)) == (108, 432)  # 3-d convolution
+
+
+@pytest.mark.parametrize(("args", "kwargs", "match"), [
+    (((5,),), {}, "at least 2"), (((5, 0),), {}, "positive"), (((5, 3),), {"layout": "jax"}, "layout"),
+    (((6, 3, 3, 3),), {"groups": 4}, "does not divide"), (((6, 3),), {"groups": 0}, "groups"),
+])
+def test_bad_shapes_layouts_and_groups(args, kwargs, match):
+    with pytest.raises(GainDeriveError, match=match):
+        init.fans(*args, **kwargs)
+
+
+def test_truncation_correction_is_derived_and_matches_tensorflow():
+    # TensorFlow's VarianceScaling divides by .87962566103423978, the std of N(0,1) truncated to +-2
+    assert init.truncation_std(2.0) == pytest.approx(0.87962566103423978, rel=1e-15)
+
+
+def test_calculate_gain_reproduces_pytorchs_derived_entries():
+    # torch.nn.init.calculate_gain: 'relu' = sqrt(2), 'leaky_relu' = sqrt(2 / (1 + slope^2)), linear/conv = 1
+    assert init.calculate_gain("relu") == pytest.approx(math.sqrt(2.0), rel=1e-15)
+    assert init.calculate_gain("leaky_relu") == pytest.approx(math.sqrt(2 / (1 + 0.01**2)), rel=1e-15)
+    assert init.calculate_gain("leaky_relu", 0.2) == pytest.approx(math.sqrt(2 / (1 + 0.2**2)), rel=1e-15)
+    assert init.calculate_gain("conv2d") == 1.0
+    # and the exact values where PyTorch's table was found empirically (docs/pytorch_comparison.md)
+    assert init.calculate_gain("tanh", variance=1.178) == pytest.approx(5 / 3, rel=1e-3)
+    with pytest.raises(GainDeriveError, match="leaky_relu only"):
+        init.calculate_gain("relu", 0.5)
+
+
+def test_classic_schemes_as_special_cases():
+    fan_out, fan_in = 300, 200
+    shape = (fan_out, fan_in)
+    assert init.spec("identity", shape).std == pytest.approx(math.sqrt(1 / fan_in), rel=1e-14)  # LeCun
+    assert init.spec("relu", shape).std == pytest.approx(math.sqrt(2 / fan_in), rel=1e-14)  # He, fan_in
+    assert init.spec("relu", shape, mode="fan_out").std == pytest.approx(math.sqrt(2 / fan_out), rel=1e-14)
+    prelu = init.spec("prelu", shape, a=0.25).std
+    assert prelu == pytest.approx(math.sqrt(2 / ((1 + 0.25**2) * fan_in)), rel=1e-14)  # He, PReLU
+    glorot = init.spec("identity", shape, mode="fan_avg")
+    assert glorot.std == pytest.approx(math.sqrt(2 / (fan_in + fan_out)), rel=1e-14)  # Glorot normal
+    uniform = init.spec("identity", shape, mode="fan_avg", distribution="uniform")
+    assert uniform.bound == pytest.approx(math.sqrt(6 / (fan_in + fan_out)), rel=1e-14)  # Glorot uniform
+    relu_uniform = init.spec("relu", shape, mode="fan_avg", distribution="uniform")
+    assert relu_uniform.bound == pytest.approx(math.sqrt(12 / (fan_in + fan_out)), rel=1e-14)  # ReLU rule
+
+
+@pytest.mark.parametrize("distribution", ["normal", "uniform", "truncated_normal"])
+def test_sampled_variance_within_a_statistical_bound(distribution):
+    spec = init.spec("elu", (512, 256), distribution=distribution)
+    w = init.sample(spec, 0)
+    n = w.size
+    # the sample variance of n draws has relative standard error sqrt((kurtosis - 1)/n) <= sqrt(2/n): 5 of them
+    assert abs(w.var() / spec.std**2 - 1) < 5 * math.sqrt(2 / n)
+    if spec.bound is not None:
+        assert np.abs(w).max() <= spec.bound
+
+
+@pytest.mark.parametrize(("shape", "layout"), [((64, 128), "torch"), ((128, 64), "torch"), ((32, 16, 3, 3), "torch"),
+                                               ((3, 3, 16, 32), "tf")])
+def test_orthogonal_is_orthonormal_times_the_gain(shape, layout):
+    spec = init.spec("relu", shape, distribution="orthogonal", layout=layout)
+    w = init.sample(spec, 1)
+    matrix = w.reshape(shape[0], -1) if layout == "torch" else w.reshape(-1, shape[-1]).T
+    short = min(matrix.shape)
+    gram = matrix @ matrix.T if matrix.shape[0] == short else matrix.T @ matrix
+    assert np.allclose(gram / spec.gain**2, np.eye(short), atol=1e-12)
+
+
+def test_unknown_mode_and_distribution():
+    with pytest.raises(GainDeriveError, match="unknown mode"):
+        init.spec("relu", (4, 4), mode="fan_sum")
+    with pytest.raises(GainDeriveError, match="unknown distribution"):
+        init.spec("relu", (4, 4), distribution="cauchy")
