@@ -10,7 +10,10 @@ std = gain / sqrt(fan) for the chosen mode, and the distribution with that stand
 Distributions: ``normal``; ``uniform`` on [-bound, bound] with bound = sqrt(3) std; ``truncated_normal`` at
 ±2 standard deviations of the underlying normal, rescaled so that the *truncated* variable has the target std
 (the factor is derived, :func:`truncation_std`, and is TensorFlow's 0.87962566103423978); ``orthogonal``
-(Saxe et al. 2014): rows or columns orthonormal, whichever are fewer, scaled by the gain.
+(Saxe et al. 2014): rows or columns orthonormal, whichever are fewer, scaled by the gain; ``looks_linear``
+(Balduzzi et al. 2017) for layers fed by CReLU = [relu(x), relu(-x)]: W = [W', -W'], so that at
+initialisation the layer computes W'x exactly; ``delta_orthogonal`` (Xiao et al. 2018) for convolutions:
+zero except the centre tap, which is an orthogonal matrix scaled by the gain.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ __all__ = ["DISTRIBUTIONS", "InitSpec", "calculate_gain", "fans", "sample", "spe
 
 LAYOUTS = ("torch", "tf")
 MODES = ("fan_in", "fan_out", "fan_avg")
-DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal")
+DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal", "looks_linear", "delta_orthogonal")
 _TORCH_LINEAR = {"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}
 
 
@@ -156,6 +159,19 @@ def sample(init: InitSpec, rng: np.random.Generator | int | None = None) -> np.n
             out[bad] = rng.standard_normal(int(bad.sum()))
             bad = np.abs(out) > 2
         return out * scale
+    if init.distribution == "looks_linear":
+        if init.layout != "torch" or len(shape) != 2 or shape[1] % 2:
+            raise GainDeriveError("looks_linear needs a torch-layout dense weight (out, 2*in) fed by CReLU")
+        half = rng.normal(0.0, init.std, (shape[0], shape[1] // 2))
+        return np.concatenate([half, -half], axis=1)
+    if init.distribution == "delta_orthogonal":
+        if init.layout != "torch" or len(shape) < 3 or any(k % 2 == 0 for k in shape[2:]) or shape[0] < shape[1]:
+            raise GainDeriveError("delta_orthogonal needs a torch-layout convolution kernel (out >= in, in, *odd k)")
+        centre = rng.standard_normal((shape[0], shape[1]))
+        qmat, r = np.linalg.qr(centre)
+        out = np.zeros(shape)
+        out[(slice(None), slice(None), *(k // 2 for k in shape[2:]))] = init.gain * qmat * np.sign(np.diag(r))
+        return out
     # orthogonal: a Haar-random orthonormal set of rows or columns, whichever are fewer
     rows = shape[0] if init.layout == "torch" else shape[-1]
     cols = int(np.prod(shape)) // rows

@@ -89,3 +89,38 @@ def test_unknown_mode_and_distribution():
         init.spec("relu", (4, 4), mode="fan_sum")
     with pytest.raises(GainDeriveError, match="unknown distribution"):
         init.spec("relu", (4, 4), distribution="cauchy")
+
+
+def test_looks_linear_network_is_exactly_linear_at_initialisation():
+    # Balduzzi et al. 2017: with CReLU(x) = [relu(x), relu(-x)] and W = [W', -W'], W CReLU(x) = W' x
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 8))
+    h, product = x, np.eye(8)
+    for width in (8, 8, 8):
+        w = init.sample(init.spec("relu", (width, 2 * width), distribution="looks_linear"), rng)
+        h = np.concatenate([np.maximum(h, 0), np.maximum(-h, 0)], axis=1) @ w.T
+        product = product @ w[:, :width].T
+    assert np.allclose(h, x @ product, atol=1e-12)
+
+
+def test_delta_orthogonal_kernel():
+    spec = init.spec("tanh", (32, 16, 3, 3), distribution="delta_orthogonal")
+    w = init.sample(spec, 4)
+    centre = w[:, :, 1, 1]
+    assert np.allclose(centre.T @ centre / spec.gain**2, np.eye(16), atol=1e-12)  # orthonormal columns
+    w[:, :, 1, 1] = 0
+    assert not w.any()  # zero everywhere else
+    with pytest.raises(GainDeriveError, match="delta_orthogonal"):
+        init.sample(init.spec("tanh", (16, 32, 2, 2), distribution="delta_orthogonal"), 0)
+
+
+def test_depth_check_derived_gain_holds_where_pytorchs_table_drifts():
+    # 50 layers of width 512 (finite-width fluctuations are a few percent for smooth activations): the derived
+    # gain keeps E[x_l^2] near q = 1; PyTorch's selu 3/4 collapses it, tanh's 5/3 moves it to its fixed point 1.18
+    from gainderive.propagate import propagate
+
+    selu, selu_torch = propagate("selu"), propagate("selu", gain=0.75)
+    tanh, tanh_torch = propagate("tanh"), propagate("tanh", gain=5 / 3)
+    assert abs(selu.forward_drift - 1) < 0.1 and selu_torch.forward_drift < 0.1
+    assert abs(tanh.forward_drift - 1) < 0.1 and abs(tanh_torch.forward_drift - 1.18) < 0.1
+    assert len(selu.forward) == 51 and len(selu.backward) == 51
