@@ -11,6 +11,7 @@ gains sqrt(q / E[f^2]) (fan_in) and 1 / sqrt(E[f'^2]) (fan_out).
 0.644945417493
 """
 
+from . import init
 from .activation import Activation
 from .closed_form import ClosedForm, closed_forms
 from .errors import (
@@ -57,6 +58,7 @@ __all__ = [
     "expectation",
     "gain",
     "gains",
+    "init",
     "moments",
     "table",
 ]

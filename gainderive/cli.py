@@ -114,6 +114,29 @@ def _build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--rtol", type=float, help="relative tolerance (default: 30 digits for formulas, "
                         "1e-12 for numbers)")
 
+    ini = sub.add_parser("init", help="the initialiser for one weight tensor, with framework snippets",
+                         description="std, bound, gain and fans for a weight tensor, and one-line snippets for "
+                         "torch.nn.init, jax.nn.initializers and Keras that use them (none is imported).")
+    ini.add_argument("activation")
+    ini.add_argument("--shape", required=True, help="weight shape, e.g. 64,32,3,3")
+    ini.add_argument("--layout", default="torch", help="torch (out, in, *k; default) or tf (*k, in, out)")
+    ini.add_argument("--mode", default="fan_in", help="fan_in (default), fan_out or fan_avg")
+    ini.add_argument("--distribution", default="normal",
+                     help="normal (default), uniform, truncated_normal, orthogonal, looks_linear, delta_orthogonal")
+    ini.add_argument("--groups", type=int, default=1, help="convolution groups (channels for depthwise)")
+    ini.add_argument("--variance", "-q", default="1", help="input variance q (default 1)")
+    ini.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+
+    prop = sub.add_parser("propagate", help="depth check: the signal through a random numpy MLP",
+                          description="Per-layer pre-activation second moment and backward gradient second moment "
+                          "with the derived gain and, where PyTorch has one, its table gain.")
+    prop.add_argument("activation")
+    prop.add_argument("--depth", type=int, default=50)
+    prop.add_argument("--width", type=int, default=512)
+    prop.add_argument("--batch", type=int, default=64)
+    prop.add_argument("--networks", type=int, default=8, help="independent weight draws averaged (default 8)")
+    prop.add_argument("--plot", help="also draw the per-layer curves to this PNG (needs matplotlib)")
+
     listing = sub.add_parser("list", help="the registry of named activations",
                              description="Registry names, formulas, parameters and references.")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -328,6 +351,50 @@ def _verify_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _init_command(args: argparse.Namespace) -> int:
+    from . import init
+
+    try:
+        shape = tuple(int(v) for v in args.shape.split(","))
+    except ValueError:
+        raise GainDeriveError(f"--shape takes comma-separated integers, e.g. 64,32,3,3; got {args.shape!r}") from None
+    s = init.spec(args.activation, shape, mode=args.mode, distribution=args.distribution,
+                  variance=_variance(args.variance), layout=args.layout, groups=args.groups, **_params(args.param))
+    print(f"{s.activation}  shape {s.shape} ({s.layout} layout)  q = {s.variance:g}")
+    print(f"  fan_in {s.fan_in}   fan_out {s.fan_out}   mode {s.mode}")
+    print(f"  gain {s.gain:.10g}   std {s.std:.10g}" + (f"   bound {s.bound:.10g}" if s.bound else ""))
+    print(f"  how: {s.how}")
+    print("")
+    for framework, line in init.snippets(s).items():
+        print(f"  {framework:<6} {line}")
+    return 0
+
+
+def _propagate_command(args: argparse.Namespace) -> int:
+    from .plot import PYTORCH_GAINS
+    from .propagate import propagate
+
+    runs = {"derived": propagate(args.activation, depth=args.depth, width=args.width, batch=args.batch,
+                                 networks=args.networks)}
+    if args.activation in PYTORCH_GAINS:
+        runs["torch table"] = propagate(args.activation, gain=PYTORCH_GAINS[args.activation], depth=args.depth,
+                                        width=args.width, batch=args.batch, networks=args.networks)
+    print(f"{args.activation}: {args.depth} layers of width {args.width}, {args.networks} networks averaged")
+    for label, run in runs.items():
+        print(f"  {label:<12} gain {run.gain:.6g}: E[x^2] last/first {run.forward_drift:.4g} "
+              f"(range {run.forward.min():.4g}..{run.forward.max():.4g}), gradient first/last {run.backward_drift:.4g}")
+    header = "".join(f"  {label + ' E[x^2]':>20}  {label + ' E[g^2]':>20}" for label in runs)
+    print(f"\n  {'layer':>5}{header}")
+    for layer in range(args.depth + 1):
+        cells = "".join(f"  {run.forward[layer]:>20.6g}  {run.backward[layer]:>20.6g}" for run in runs.values())
+        print(f"  {layer:>5}{cells}")
+    if args.plot:
+        from .plot import plot_propagation
+
+        plot_propagation(args.activation, runs, args.plot)
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from .registry import REGISTRY
 
@@ -359,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"derive": _derive, "list": _list, "table": _table_command, "plot": _plot_command,
-                    "verify": _verify_command}
+                    "verify": _verify_command, "init": _init_command, "propagate": _propagate_command}
         return commands[args.command](args)
     except CheckError as exc:
         print(f"gainderive: check failed: {exc}", file=sys.stderr)

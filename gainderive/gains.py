@@ -47,19 +47,19 @@ class Gains:
         return iter((name, getattr(self, name)) for name in MODES)
 
 
-def _inverse_sqrt_gain(numerator: Any, moment: Estimate, what: str, why: str, mode: str) -> Estimate:
-    """numerator / sqrt(moment), with relative error halved."""
+def _inverse_sqrt_gain(scale: Any, moment: Estimate, what: str, why: str, mode: str) -> Estimate:
+    """sqrt(scale / moment) (one rounding fewer than sqrt(scale)/sqrt(moment)), with relative error halved."""
     value, error = moment.value, moment.error
     if moment.method == "high_precision":
         if value <= 0:
             raise GainDeriveError(f"{what} = {mp.nstr(value, 3)} ({why}), so gain_{mode} does not exist")
-        g = numerator / mp.sqrt(value)
+        g = mp.sqrt(scale / value)
         return Estimate(g, g * error / (2 * value), moment.method)
     v = np.asarray(value, dtype=float)
     if np.any(v <= 0):
         shown = float(v.ravel()[np.argmin(v.ravel())])
         raise GainDeriveError(f"{what} = {shown:.3g} ({why}), so gain_{mode} does not exist")
-    g = np.asarray(numerator, dtype=float) / np.sqrt(v)
+    g = np.sqrt(np.asarray(scale, dtype=float) / v)
     return Estimate(g[()], (g * np.asarray(error) / (2 * v))[()], moment.method)
 
 
@@ -72,11 +72,11 @@ def gains(m: Moments) -> Gains:
 
 
 def _gains(m: Moments) -> Gains:
-    root_q = mp.sqrt(m.q) if m.mean.method == "high_precision" else np.sqrt(m.q)
+    q = m.q
     return Gains(
-        fan_in=_inverse_sqrt_gain(root_q, m.second_moment, "E[f(z)^2]", "f vanishes almost surely", "fan_in"),
+        fan_in=_inverse_sqrt_gain(q, m.second_moment, "E[f(z)^2]", "f vanishes almost surely", "fan_in"),
         fan_out=_inverse_sqrt_gain(1, m.derivative_second_moment, "E[f'(z)^2]", "f is constant", "fan_out"),
-        variance=_inverse_sqrt_gain(root_q, m.variance, "Var f(z)", "f is constant almost surely", "variance"),
+        variance=_inverse_sqrt_gain(q, m.variance, "Var f(z)", "f is constant almost surely", "variance"),
     )
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import GainDeriveError
 
-__all__ = ["DISTRIBUTIONS", "InitSpec", "calculate_gain", "fans", "sample", "spec", "truncation_std"]
+__all__ = ["DISTRIBUTIONS", "InitSpec", "calculate_gain", "fans", "sample", "snippets", "spec", "truncation_std"]
 
 LAYOUTS = ("torch", "tf")
 MODES = ("fan_in", "fan_out", "fan_avg")
@@ -181,3 +181,33 @@ def sample(init: InitSpec, rng: np.random.Generator | int | None = None) -> np.n
     matrix = qmat if rows >= cols else qmat.T
     weights = init.gain * matrix  # Saxe et al. 2014: W = gain Q, so |W x| = gain |x| along the shorter side
     return weights.reshape(shape) if init.layout == "torch" else weights.T.reshape(shape)
+
+
+def snippets(init: InitSpec) -> dict[str, str]:
+    """One-line initialisations that reproduce ``init`` in torch, JAX and Keras (none of them is imported)."""
+    std, bound = f"{init.std:.10g}", f"{(init.bound or 0):.10g}"
+    underlying = f"{init.std / truncation_std(2.0):.10g}"
+    if init.distribution == "normal":
+        return {"torch": f"torch.nn.init.normal_(w, mean=0.0, std={std})",
+                "jax": f"jax.nn.initializers.normal(stddev={std})",
+                "keras": f"keras.initializers.RandomNormal(mean=0.0, stddev={std})"}
+    if init.distribution == "uniform":
+        return {"torch": f"torch.nn.init.uniform_(w, -{bound}, {bound})",
+                "jax": "lambda key, shape, dtype=jnp.float32: "
+                       f"jax.random.uniform(key, shape, dtype, -{bound}, {bound})",
+                "keras": f"keras.initializers.RandomUniform(minval=-{bound}, maxval={bound})"}
+    if init.distribution == "truncated_normal":
+        # torch's a, b are absolute bounds; jax's truncated_normal(stddev) and Keras' TruncatedNormal take the
+        # std of the normal before truncation at +-2 of it: that is std / 0.8796...
+        return {"torch": f"torch.nn.init.trunc_normal_(w, mean=0.0, std={underlying}, a=-{bound}, b={bound})",
+                "jax": f"jax.nn.initializers.truncated_normal(stddev={underlying})",
+                "keras": f"keras.initializers.TruncatedNormal(mean=0.0, stddev={underlying})"}
+    if init.distribution == "orthogonal":
+        gain = f"{init.gain:.10g}"
+        return {"torch": f"torch.nn.init.orthogonal_(w, gain={gain})",
+                "jax": f"jax.nn.initializers.orthogonal(scale={gain})",
+                "keras": f"keras.initializers.Orthogonal(gain={gain})"}
+    if init.distribution == "delta_orthogonal":
+        return {"jax": f"jax.nn.initializers.delta_orthogonal(scale={init.gain:.10g})",
+                "note": "torch and Keras have no delta-orthogonal initialiser: use gainderive.init.sample(spec)"}
+    return {"note": "looks-linear has no framework initialiser: use gainderive.init.sample(spec), W = [W', -W']"}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import GainDeriveError
 
-__all__ = ["PYTORCH_GAINS", "plot_gains"]
+__all__ = ["PYTORCH_GAINS", "plot_gains", "plot_propagation"]
 
 #: torch.nn.init.calculate_gain's table (PyTorch 2.x docs), for the activations it names.
 PYTORCH_GAINS = {
@@ -59,6 +59,38 @@ def plot_gains(activations: Sequence[str], output: str | os.PathLike, *, varianc
     tmp = target.with_name(f".{target.name}.tmp.png")
     try:
         fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise GainDeriveError(f"cannot write {str(output)!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def plot_propagation(activation: str, runs: dict, output: str | os.PathLike) -> None:
+    """Per-layer E[x^2] (forward) and gradient second moment (backward) for each gain, on log axes."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GainDeriveError("plotting needs matplotlib: pip install 'gainderive[plot]'") from None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
+    for label, run in runs.items():
+        ax1.plot(run.forward, label=f"{label} (gain {run.gain:.4g})")
+        ax2.plot(run.backward, label=f"{label} (gain {run.gain:.4g})")
+    for ax, title in ((ax1, "forward: E[x_l^2]"), (ax2, "backward: E[grad_l^2]")):
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_title(f"{activation}: {title}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    target = Path(output)
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    try:
+        fig.savefig(tmp)
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
