@@ -137,6 +137,17 @@ def _build_parser() -> argparse.ArgumentParser:
     prop.add_argument("--networks", type=int, default=8, help="independent weight draws averaged (default 8)")
     prop.add_argument("--plot", help="also draw the per-layer curves to this PNG (needs matplotlib)")
 
+    solve = sub.add_parser("solve", help="activation parameters that meet moment constraints",
+                           description="Solve for parameters, e.g. SELU's: gainderive solve "
+                           "'scale*where(x > 0, x, alpha*(exp(x) - 1))' --unknown alpha --unknown scale "
+                           "--constraint mean=0 --constraint second_moment=1")
+    solve.add_argument("formula")
+    solve.add_argument("--unknown", action="append", default=[], metavar="NAME[=GUESS]", required=True)
+    solve.add_argument("--constraint", action="append", default=[], metavar="MOMENT=VALUE", required=True)
+    solve.add_argument("--variance", "-q", default="1")
+    solve.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    solve.add_argument("--json", action="store_true")
+
     listing = sub.add_parser("list", help="the registry of named activations",
                              description="Registry names, formulas, parameters and references.")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -395,6 +406,33 @@ def _propagate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _solve_command(args: argparse.Namespace) -> int:
+    from .solve import solve_parameters
+
+    unknowns = {}
+    for item in args.unknown:
+        name, _, guess = item.partition("=")
+        try:
+            unknowns[name.strip()] = float(guess) if guess else 1.0
+        except ValueError:
+            raise GainDeriveError(f"--unknown takes NAME or NAME=GUESS; got {item!r}") from None
+    constraints = {}
+    for item in args.constraint:
+        name, _, value = item.partition("=")
+        try:
+            constraints[name.strip()] = float(value)
+        except ValueError:
+            raise GainDeriveError(f"--constraint takes MOMENT=VALUE, e.g. mean=0; got {item!r}") from None
+    solution = solve_parameters(args.formula, unknowns, constraints, variance=_variance(args.variance),
+                                **_params(args.param))
+    if args.json:
+        print(json.dumps({"formula": args.formula, "variance": _variance(args.variance), "solution": solution}))
+    else:
+        for name, value in solution.items():
+            print(f"{name} = {value!r}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from .registry import REGISTRY
 
@@ -426,7 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         commands = {"derive": _derive, "list": _list, "table": _table_command, "plot": _plot_command,
-                    "verify": _verify_command, "init": _init_command, "propagate": _propagate_command}
+                    "verify": _verify_command, "init": _init_command, "propagate": _propagate_command,
+                    "solve": _solve_command}
         return commands[args.command](args)
     except CheckError as exc:
         print(f"gainderive: check failed: {exc}", file=sys.stderr)
