@@ -22,9 +22,8 @@ PYTORCH_GAINS = {
 }
 
 
-def plot_gains(activations: Sequence[str], output: str | os.PathLike, *, variance: str = "1e-3:1e3:241",
-               size: tuple[int, int] = (900, 600)) -> None:
-    """gain_fan_in (solid) and gain_fan_out (dashed) against q, with PyTorch's constant marked (dotted)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or a one-line error naming the extra to install."""
     try:
         import matplotlib
 
@@ -32,6 +31,27 @@ def plot_gains(activations: Sequence[str], output: str | os.PathLike, *, varianc
         import matplotlib.pyplot as plt
     except ImportError:
         raise GainDeriveError("plotting needs matplotlib: pip install 'gainderive[plot]'") from None
+    return plt
+
+
+def _save(plt, fig, output: str | os.PathLike, dpi: int = 100) -> None:
+    """Write the figure through a temporary file and a rename: never a half-written PNG."""
+    target = Path(output)
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise GainDeriveError(f"cannot write {str(output)!r}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
+
+
+def plot_gains(activations: Sequence[str], output: str | os.PathLike, *, variance: str = "1e-3:1e3:241",
+               size: tuple[int, int] = (900, 600)) -> None:
+    """gain_fan_in (solid) and gain_fan_out (dashed) against q, with PyTorch's constant marked (dotted)."""
+    plt = _pyplot()
     from .tables import table
 
     width, height = size
@@ -55,27 +75,12 @@ def plot_gains(activations: Sequence[str], output: str | os.PathLike, *, varianc
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    target = Path(output)
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise GainDeriveError(f"cannot write {str(output)!r}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    _save(plt, fig, output, dpi)
 
 
 def plot_propagation(activation: str, runs: dict, output: str | os.PathLike) -> None:
     """Per-layer E[x^2] (forward) and gradient second moment (backward) for each gain, on log axes."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GainDeriveError("plotting needs matplotlib: pip install 'gainderive[plot]'") from None
+    plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
     for label, run in runs.items():
         ax1.plot(run.forward, label=f"{label} (gain {run.gain:.4g})")
@@ -87,13 +92,4 @@ def plot_propagation(activation: str, runs: dict, output: str | os.PathLike) -> 
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    target = Path(output)
-    tmp = target.with_name(f".{target.name}.tmp.png")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, target)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise GainDeriveError(f"cannot write {str(output)!r}: {exc.strerror or exc}") from None
-    finally:
-        plt.close(fig)
+    _save(plt, fig, output)
