@@ -148,6 +148,43 @@ def _build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
     solve.add_argument("--json", action="store_true")
 
+    crit = sub.add_parser("critical", help="the edge of chaos: sigma_w^2 with chi_1 = 1 for given sigma_b^2",
+                          description="Mean-field criticality (Schoenholz et al. 2017): for a bias variance, the weight "
+                          "variance at which chi_1 = sigma_w^2 E[f'(z)^2] = 1 at the fixed point q*, with depth scales "
+                          "and isometry diagnostics; --line tabulates (and --plot draws) the critical line.")
+    crit.add_argument("activation")
+    crit.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0 (default 0)")
+    crit.add_argument("--line", metavar="SPEC", help="the critical line over sigma_b^2 = start:stop:count "
+                      "(linear) or a comma list, e.g. 0:0.5:11")
+    crit.add_argument("--depth", type=int, default=50, help="depth L of the isometry diagnostics (default 50)")
+    crit.add_argument("--plot", help="draw the critical line to this PNG (needs matplotlib)")
+    crit.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    crit.add_argument("--json", action="store_true")
+
+    field = sub.add_parser("meanfield", help="fixed point, chi_1, c*, chi_c, depth scales at given sigma_w^2, "
+                           "sigma_b^2", description="Mean-field signal propagation (Poole et al. 2016; Schoenholz et "
+                           "al. 2017; Pennington et al. 2017) for one (sigma_w^2, sigma_b^2).")
+    field.add_argument("activation")
+    field.add_argument("--weight-variance", "-w", required=True, help="sigma_w^2 > 0")
+    field.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0 (default 0)")
+    field.add_argument("--depth", type=int, default=50, help="depth L of the isometry diagnostics (default 50)")
+    field.add_argument("--variance", "-q", help="use this q instead of solving for q* (where every q is fixed)")
+    field.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    field.add_argument("--json", action="store_true")
+
+    kern = sub.add_parser("kernel", help="the correlation kernel E[f(u) f(v)] of a bivariate Gaussian",
+                          description="E[f(u) f(v)] (or E[f'(u) f'(v)] with --derivative) for Gaussian (u, v) with "
+                          "variances q1, q2 and correlation c: closed forms for relu, leaky_relu, prelu, abs, erf, "
+                          "sin and identity; kink-aware 2-D quadrature otherwise.")
+    kern.add_argument("activation")
+    kern.add_argument("--correlation", "-c", required=True, help="c in [-1, 1], or a comma list")
+    kern.add_argument("--variance", "-q", default="1", help="q1, or q1,q2 (default 1)")
+    kern.add_argument("--derivative", action="store_true", help="the kernel of f' instead of f")
+    kern.add_argument("--method", default="auto", help="auto (default), closed_form, quadrature, high_precision")
+    kern.add_argument("--digits", type=int, help="digits for --method high_precision (default 30)")
+    kern.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    kern.add_argument("--json", action="store_true")
+
     listing = sub.add_parser("list", help="the registry of named activations",
                              description="Registry names, formulas, parameters and references.")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -433,6 +470,142 @@ def _solve_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _real(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise GainDeriveError(f"{what} must be a number; got {text!r}") from None
+
+
+def _linear_spec(spec: str, what: str) -> list[float]:
+    """start:stop:count (linear, count >= 2) or a comma list of numbers."""
+    if ":" in spec:
+        parts = spec.split(":")
+        try:
+            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
+        except (ValueError, IndexError):
+            raise GainDeriveError(f"{what} takes start:stop:count or a comma list; got {spec!r}") from None
+        if len(parts) != 3 or count < 2 or count > 10_000:
+            raise GainDeriveError(f"{what} takes start:stop:count with 2 <= count <= 10000; got {spec!r}")
+        return [start + (stop - start) * k / (count - 1) for k in range(count)]
+    return [_real(v, what) for v in spec.split(",")]
+
+
+def _isometry_lines(iso) -> list[str]:
+    return [f"  isometry at depth L = {iso.depth} (Pennington et al. 2017):",
+            f"    E[f'^2] = {iso.mu1:.12g}, E[f'^4] = {iso.mu2:.12g}",
+            f"    squared singular values of J: mean {iso.mean:.6g}; variance {iso.variance_gaussian:.6g} "
+            f"(Gaussian W), {iso.variance_orthogonal:.6g} (orthogonal W)"]
+
+
+def _critical_command(args: argparse.Namespace) -> int:
+    from .meanfield import critical_line, edge_of_chaos, isometry
+
+    params = _params(args.param)
+    if args.line:
+        points = critical_line(args.activation, _linear_spec(args.line, "--line"), **params)
+        rows = [{"bias_variance": p.bias_variance, "weight_variance": p.weight_variance, "fixed_point": p.variance,
+                 "slope": p.slope} for p in points]
+        if args.json:
+            print(json.dumps({"activation": args.activation, "critical_line": rows}))
+        else:
+            print(f"{args.activation}: edge of chaos (chi_1 = 1)")
+            print(f"  {'sigma_b^2':>12}  {'sigma_w^2':>20}  {'q*':>14}  {'dV/dq at q*':>12}")
+            for r in rows:
+                q = "any" if r["fixed_point"] is None else f"{r['fixed_point']:.8g}"
+                slope = "" if r["slope"] is None else f"{r['slope']:.6g}"
+                print(f"  {r['bias_variance']:>12.6g}  {r['weight_variance']:>20.15g}  {q:>14}  {slope:>12}")
+    else:
+        sb = _real(args.bias_variance, "--bias-variance")
+        point = edge_of_chaos(args.activation, sb, **params)
+        # every q (homogeneous f): any q will do; the limit q* -> 0: a q small enough to be that limit
+        q = {None: 1.0, 0.0: 1e-9}.get(point.variance, point.variance)
+        iso = isometry(args.activation, point.weight_variance, args.depth, variance=q, **params)
+        report = {"activation": args.activation, "bias_variance": sb, "weight_variance": point.weight_variance,
+                  "fixed_point": point.variance, "slope": point.slope, "chi1": 1.0,
+                  "depth_scale_q": None if point.slope is None else _depth(point.slope),
+                  "isometry": vars(iso)}
+        if args.json:
+            print(json.dumps(report))
+        else:
+            print(f"{args.activation}: edge of chaos at sigma_b^2 = {sb:g}")
+            print(f"  sigma_w^2 = {point.weight_variance!r}   (chi_1 = sigma_w^2 E[f'(z)^2] = 1)")
+            if point.variance is None:
+                print("  q*        = any q: f is positively homogeneous, every q is a fixed point")
+            elif point.variance == 0:
+                print("  q*        = 0 (the limit q* -> 0: sigma_w^2 = 1 / f'(0)^2); isometry in that limit")
+            else:
+                print(f"  q*        = {point.variance!r}")
+                stable = "stable" if abs(point.slope) < 1 else "unstable"
+                print(f"  V'(q*)    = {point.slope:.12g} ({stable}; depth scale xi_q = {_depth(point.slope):.6g})")
+            print("\n".join(_isometry_lines(iso)))
+    if args.plot:
+        from .plot import plot_critical_line
+
+        spec = _linear_spec(args.line, "--line") if args.line else [0.5 * k / 40 for k in range(41)]
+        plot_critical_line(args.activation, critical_line(args.activation, spec, **params), args.plot)
+    return 0
+
+
+def _depth(slope: float) -> float:
+    from .meanfield import _depth_scale
+
+    return _depth_scale(slope)
+
+
+def _meanfield_command(args: argparse.Namespace) -> int:
+    from .meanfield import mean_field
+
+    sw, sb = _real(args.weight_variance, "--weight-variance"), _real(args.bias_variance, "--bias-variance")
+    q = None if args.variance is None else _variance(args.variance)
+    r = mean_field(args.activation, sw, sb, depth=args.depth, variance=q, **_params(args.param))
+    fp = r.fixed_point
+    if args.json:
+        print(json.dumps({"activation": args.activation, "weight_variance": sw, "bias_variance": sb,
+                          "fixed_point": fp.variance, "fixed_point_error": float(fp.error), "slope": fp.slope,
+                          "stable": fp.stable, "chi1": r.chi1, "phase": r.phase, "correlation_fixed_point":
+                          r.correlation, "chi_c": r.chi_c, "depth_scale_q": r.depth_scale_q,
+                          "depth_scale_c": r.depth_scale_c, "isometry": vars(r.isometry)}))
+        return 0
+    print(f"{args.activation}: sigma_w^2 = {sw:g}, sigma_b^2 = {sb:g}")
+    print(f"  q*     = {fp.variance!r} (+- {float(fp.error):.2g})" + ("  [given]" if q is not None else ""))
+    stability = "marginal" if abs(abs(fp.slope) - 1) < 1e-12 else ("stable" if fp.stable else "unstable")
+    print(f"  V'(q*) = {fp.slope:.12g} ({stability}), xi_q = {r.depth_scale_q:.6g}")
+    print(f"  chi_1  = {r.chi1:.12g}: {r.phase} phase")
+    print(f"  c*     = {r.correlation:.12g}, chi_c = {r.chi_c:.12g}, xi_c = {r.depth_scale_c:.6g}")
+    print("\n".join(_isometry_lines(r.isometry)))
+    return 0
+
+
+def _kernel_command(args: argparse.Namespace) -> int:
+    from .correlation import kernel
+
+    qs = [_variance(v) for v in args.variance.split(",")]
+    if len(qs) > 2:
+        raise GainDeriveError(f"--variance takes q1 or q1,q2; got {args.variance!r}")
+    cs = [_real(c, "--correlation") for c in args.correlation.split(",")]
+    params = _params(args.param)
+    if args.method == "high_precision":
+        results = [kernel(args.activation, c, *qs, derivative=args.derivative, method=args.method,
+                          digits=args.digits, **params) for c in cs]
+        values = [(r.value, r.error, r.method) for r in results]
+    else:
+        r = kernel(args.activation, cs, *qs, derivative=args.derivative, method=args.method, **params)
+        values = [(v, e, r.method) for v, e in zip(r.value, r.error)]
+    what = "E[f'(u) f'(v)]" if args.derivative else "E[f(u) f(v)]"
+    q1, q2 = qs[0], qs[-1]
+    if args.json:
+        print(json.dumps({"activation": args.activation, "variance": [q1, q2], "derivative": args.derivative,
+                          "kernel": [{"correlation": c, "value": _number(v, args.digits), "error": float(e),
+                                      "method": m} for c, (v, e, m) in zip(cs, values)]}))
+        return 0
+    print(f"{args.activation}: {what}, var u = {q1:g}, var v = {q2:g}")
+    for c, (v, e, m) in zip(cs, values):
+        shown = _number(v, args.digits) if m == "high_precision" else repr(float(v))
+        print(f"  c = {c:<10g} {shown}  +- {float(e):.2g}  ({m})")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from .registry import REGISTRY
 
@@ -465,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         commands = {"derive": _derive, "list": _list, "table": _table_command, "plot": _plot_command,
                     "verify": _verify_command, "init": _init_command, "propagate": _propagate_command,
-                    "solve": _solve_command}
+                    "solve": _solve_command, "critical": _critical_command, "meanfield": _meanfield_command,
+                    "kernel": _kernel_command}
         return commands[args.command](args)
     except CheckError as exc:
         print(f"gainderive: check failed: {exc}", file=sys.stderr)

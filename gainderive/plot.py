@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .errors import GainDeriveError
 
-__all__ = ["PYTORCH_GAINS", "plot_gains", "plot_propagation"]
+__all__ = ["PYTORCH_GAINS", "plot_critical_line", "plot_gains", "plot_propagation"]
 
 #: torch.nn.init.calculate_gain's table (PyTorch 2.x docs), for the activations it names.
 PYTORCH_GAINS = {
@@ -91,5 +91,27 @@ def plot_propagation(activation: str, runs: dict, output: str | os.PathLike) -> 
         ax.set_title(f"{activation}: {title}")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(plt, fig, output)
+
+
+def plot_critical_line(activation: str, points: Sequence, output: str | os.PathLike) -> None:
+    """The edge of chaos in the (sigma_b^2, sigma_w^2) plane: ordered phase below, chaotic above."""
+    plt = _pyplot()
+    if not points:
+        raise GainDeriveError(f"{activation} has no critical point over the requested sigma_b^2: nothing to plot")
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
+    sb = [p.bias_variance for p in points]
+    sw = [p.weight_variance for p in points]
+    ax.plot(sb, sw, "o-" if len(points) < 30 else "-", color="C0", label="chi_1 = 1 (edge of chaos)")
+    top = max(sw) * 1.25
+    ax.fill_between(sb, sw, top, color="C3", alpha=0.12, label="chaotic: chi_1 > 1")
+    ax.fill_between(sb, 0, sw, color="C2", alpha=0.12, label="ordered: chi_1 < 1")
+    ax.set_ylim(0, top)
+    ax.set_xlabel("bias variance sigma_b^2")
+    ax.set_ylabel("weight variance sigma_w^2")
+    ax.set_title(f"{activation}: critical line (Schoenholz et al. 2017)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
     fig.tight_layout()
     _save(plt, fig, output)
