@@ -11,7 +11,7 @@ gains sqrt(q / E[f^2]) (fan_in) and 1 / sqrt(E[f'^2]) (fan_out).
 0.644945417493
 """
 
-from . import init
+from . import correlation, init, meanfield, solve
 from .activation import Activation
 from .closed_form import ClosedForm, closed_forms
 from .errors import (
@@ -55,10 +55,13 @@ __all__ = [
     "activation",
     "calculate_gain",
     "closed_forms",
+    "correlation",
     "expectation",
     "gain",
     "gains",
     "init",
+    "meanfield",
     "moments",
+    "solve",
     "table",
 ]

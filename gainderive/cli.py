@@ -149,9 +149,9 @@ def _build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--json", action="store_true")
 
     crit = sub.add_parser("critical", help="the edge of chaos: sigma_w^2 with chi_1 = 1 for given sigma_b^2",
-                          description="Mean-field criticality (Schoenholz et al. 2017): for a bias variance, the weight "
-                          "variance at which chi_1 = sigma_w^2 E[f'(z)^2] = 1 at the fixed point q*, with depth scales "
-                          "and isometry diagnostics; --line tabulates (and --plot draws) the critical line.")
+                          description="Mean-field criticality (Schoenholz et al. 2017): for a bias variance, the "
+                          "weight variance at which chi_1 = sigma_w^2 E[f'(z)^2] = 1 at the fixed point q*, with "
+                          "depth scales and isometry diagnostics; --line tabulates, --plot draws the line.")
     crit.add_argument("activation")
     crit.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0 (default 0)")
     crit.add_argument("--line", metavar="SPEC", help="the critical line over sigma_b^2 = start:stop:count "

@@ -35,8 +35,9 @@ y = (b / sqrt(q2) - c x) / s.  Inner integrals are taken to 1e-14 relative,
 the outer to ``rtol`` (default 1e-12).  At c = +-1 the inner integral is
 f(+-sqrt(q2) x) itself.
 
-**High precision**: the same splitting with nested mpmath tanh-sinh
-quadrature at ``digits`` digits, for verification (one c at a time; slow).
+**High precision**: the same splitting with nested mpmath Gauss-Legendre
+panels at ``digits`` digits, for verification (one c at a time; tens of
+seconds per value).
 """
 
 from __future__ import annotations

@@ -282,7 +282,7 @@ def fixed_point(activation: Any, weight_variance: float, bias_variance: float = 
     """The stable fixed point q* of the variance map (Poole et al. 2016).
 
     >>> round(fixed_point("tanh", 1.5, 0.05).variance, 10)
-    0.5604362106
+    0.4180372005
     """
     sw, sb = _check_variances(weight_variance, bias_variance)
     points = fixed_points(activation, sw, sb, q_range=q_range, **params)
@@ -309,7 +309,7 @@ def fixed_point(activation: Any, weight_variance: float, bias_variance: float = 
 
 def _critical(act: Activation, bias_variances: np.ndarray, q_range) -> list[list[CriticalPoint]]:
     """Critical points for each sigma_b^2, from one scan of h(q) = q - E[f^2] / E[f'^2]."""
-    q, (f2, df2, ffz, _, _) = _scan(act, q_range)
+    q, (f2, df2, _, _, _) = _scan(act, q_range)
     if np.any(df2 <= 0):
         raise GainDeriveError(f"E[f'(z)^2] = 0 for {act.name}: it has no edge of chaos")
     h = q - f2 / df2
@@ -329,7 +329,7 @@ def _critical(act: Activation, bias_variances: np.ndarray, q_range) -> list[list
                                   "edge of chaos (at sigma_w^2 = 1/E[f'^2] the variance grows without bound)")
         points = []
         for r in _roots(q, h - sb, lambda x, sb=sb: gap(x, sb), "the edge of chaos"):
-            f2r, df2r, ffzr, _, _ = (float(v) for v in _moments(act, r))
+            _, df2r, ffzr, _, _ = (float(v) for v in _moments(act, r))
             points.append(CriticalPoint(1 / df2r, float(sb), r, ffzr / (df2r * r)))
         if not points and sb == 0:
             points = _trivial_limit(act)
