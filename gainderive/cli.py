@@ -175,7 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     kern = sub.add_parser("kernel", help="the correlation kernel E[f(u) f(v)] of a bivariate Gaussian",
                           description="E[f(u) f(v)] (or E[f'(u) f'(v)] with --derivative) for Gaussian (u, v) with "
                           "variances q1, q2 and correlation c: closed forms for relu, leaky_relu, prelu, abs, erf, "
-                          "sin and identity; kink-aware 2-D quadrature otherwise.")
+                          "sin, identity and gelu; kink-aware 2-D quadrature otherwise.")
     kern.add_argument("activation")
     kern.add_argument("--correlation", "-c", required=True, help="c in [-1, 1], or a comma list")
     kern.add_argument("--variance", "-q", default="1", help="q1, or q1,q2 (default 1)")

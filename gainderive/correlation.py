@@ -19,6 +19,7 @@ r = sqrt(q1 q2) and theta = arccos c:
 * erf (Williams 1997, NeurIPS): (2 / pi) arcsin(2 r c / sqrt((1 + 2 q1)(1 + 2 q2)));
   its f' gives (4 / pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 r^2 c^2);
 * sin: e^{-(q1 + q2)/2} sinh(r c); its f' (cos) gives e^{-(q1 + q2)/2} cosh(r c);
+* gelu = x Phi(x): orthant moments of a bivariate Gaussian (see :func:`_gelu`); its f' kernel uses quadrature;
 * identity: r c, and 1.
 
 **Quadrature** otherwise.  Write u = sqrt(q1) x, v = sqrt(q2) (c x + s y) with
@@ -79,6 +80,29 @@ def _step(theta):
     return (np.pi - theta) / (2 * np.pi)
 
 
+def _gelu(q1, q2, r, c, theta):
+    """E[u Phi(u) v Phi(v)] by hand: Phi(u) = P(A <= u), Phi(v) = P(B <= v) with A, B ~ N(0, 1) independent.
+
+    With W = (u - A, v - B) (covariance S = [[1 + q1, rho], [rho, 1 + q2]], rho = r c), regress u = a.W + e1,
+    v = b.W + e2; then E = E[(a.W)(b.W); W > 0] + Cov(e1, e2) P(W > 0), and the orthant moments of a
+    standardised pair (X, Y) of correlation k are P = 1/4 + asin(k)/(2 pi), E[X^2; +] = P + k sqrt(1 - k^2)/(2 pi),
+    E[XY; +] = k P + sqrt(1 - k^2)/(2 pi) (Rosenbaum 1961, J. R. Stat. Soc. B 23).
+    """
+    rho = r * c
+    s11, s22 = 1 + q1, 1 + q2
+    det = s11 * s22 - rho * rho
+    a1, a2 = (s22 * q1 - rho * rho) / det, (s11 * rho - rho * q1) / det  # S^-1 (q1, rho)
+    b1, b2 = (s22 * rho - rho * q2) / det, (s11 * q2 - rho * rho) / det  # S^-1 (rho, q2)
+    sd1, sd2 = np.sqrt(s11), np.sqrt(s22)
+    k = rho / (sd1 * sd2)
+    root = np.sqrt((1 - k) * (1 + k))
+    p = 0.25 + np.arcsin(k) / (2 * np.pi)
+    square, cross = p + k * root / (2 * np.pi), k * p + root / (2 * np.pi)
+    residual = rho - (a1 * rho + a2 * q2)  # Cov(e1, e2) = rho - a.(rho, q2)
+    return (a1 * b1 * s11 * square + (a1 * b2 + a2 * b1) * sd1 * sd2 * cross + a2 * b2 * s22 * square
+            + residual * p)
+
+
 def _leaky(a: float):
     return (lambda q1, q2, r, c, th: a * r * c + (1 - a) ** 2 * _relu(r, c, th),
             lambda q1, q2, r, c, th: a + (1 - a) ** 2 * _step(th))
@@ -95,6 +119,7 @@ _KERNELS: dict[str, tuple[str | None, Callable[[float], tuple[Callable, Callable
     "erf": (None, lambda _: (
         lambda q1, q2, r, c, th: 2 / np.pi * np.arcsin(2 * r * c / np.sqrt((1 + 2 * q1) * (1 + 2 * q2))),
         lambda q1, q2, r, c, th: 4 / np.pi / np.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * (r * c) ** 2))),
+    "gelu": (None, lambda _: (lambda q1, q2, r, c, th: _gelu(q1, q2, r, c, th), None)),
     "sin": (None, lambda _: (lambda q1, q2, r, c, th: np.exp(-(q1 + q2) / 2) * np.sinh(r * c),
                              lambda q1, q2, r, c, th: np.exp(-(q1 + q2) / 2) * np.cosh(r * c))),
 }
@@ -115,6 +140,8 @@ def _verified_kernel(name: str, params: tuple, derivative: bool) -> Callable | N
     slope, build = entry
     forms = build(dict(params)[slope] if slope else 0.0)
     form = forms[1] if derivative else forms[0]
+    if form is None:
+        return None
 
     def kernel_value(q1: float, q2: float, c):
         c = np.clip(np.asarray(c, dtype=float), -1.0, 1.0)

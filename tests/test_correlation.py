@@ -53,6 +53,16 @@ def test_quadrature_and_closed_forms_agree_with_the_hand_derivations(name, deriv
     assert np.all(numeric.error <= 1e-11 * np.maximum(np.abs(expected), 1e-2 * scale))  # its own bar is honest too
 
 
+def test_gelu_closed_form_against_quadrature():
+    """GELU's kernel from orthant moments (docstring of correlation._gelu) vs the 2-D quadrature, a separate path."""
+    for q1, q2 in [(1.0, 1.0), (0.3, 2.5), (7.0, 0.05)]:
+        closed = kernel("gelu", C_GRID, q1, q2)
+        numeric = kernel("gelu", C_GRID, q1, q2, method="quadrature")
+        assert closed.method == "closed_form"
+        assert np.all(np.abs(closed.value - numeric.value) <= 1e-12 * math.sqrt(q1 * q2))  # the quadrature target
+    assert kernel("gelu", 0.5, derivative=True).method == "quadrature"  # no f' form: quadrature, said so
+
+
 @pytest.mark.parametrize("name", ["tanh", "elu", "gelu", "softplus", "hardtanh"])
 def test_quadrature_limits_reduce_to_one_dimensional_moments(name):
     """c = 0 factorises, c = 1 (q1 = q2) is the second moment: both from the 1-D high-precision backend."""
@@ -116,13 +126,14 @@ def test_kernel_command(capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, f, kinks, q1, q2, c, expected_closed", [
-    ("relu", lambda z: z if z > 0 else mp.mpf(0), (0,), "1", "2", "0.3", True),
-    ("erf", mp.erf, (), "0.5", "1.5", "-0.6", True),
+@pytest.mark.parametrize("name, f, kinks, q1, q2, c, width", [
+    ("relu", lambda z: z if z > 0 else mp.mpf(0), (0,), "1", "2", "0.3", 3),
+    ("erf", mp.erf, (), "0.5", "1.5", "-0.6", 3),
+    ("gelu", lambda z: z * mp.ncdf(z), (), "1.2", "0.8", "0.7", 2),
 ])
-def test_closed_forms_against_direct_two_dimensional_integration(name, f, kinks, q1, q2, c, expected_closed):
-    """The arc-cosine (Cho & Saul 2009) and arcsine (Williams 1997) kernels vs a 30-digit 2-D integral."""
-    direct = direct_2d.kernel(f, f, q1, q2, c, f_kinks=kinks, g_kinks=kinks, digits=30)
+def test_closed_forms_against_direct_two_dimensional_integration(name, f, kinks, q1, q2, c, width):
+    """The arc-cosine (Cho & Saul 2009), arcsine (Williams 1997) and GELU kernels vs a 30-digit 2-D integral."""
+    direct = direct_2d.kernel(f, f, q1, q2, c, f_kinks=kinks, g_kinks=kinks, digits=30, width=width)
     k = kernel(name, float(c), float(q1), float(q2))
     assert k.method == "closed_form"
     assert float(k.value) == pytest.approx(float(direct), rel=1e-14)  # a few roundings of float64 arithmetic
