@@ -502,8 +502,9 @@ def _critical_command(args: argparse.Namespace) -> int:
     from .meanfield import critical_line, edge_of_chaos, isometry
 
     params = _params(args.param)
+    line = None
     if args.line:
-        points = critical_line(args.activation, _linear_spec(args.line, "--line"), **params)
+        points = line = critical_line(args.activation, _linear_spec(args.line, "--line"), **params)
         rows = [{"bias_variance": p.bias_variance, "weight_variance": p.weight_variance, "fixed_point": p.variance,
                  "slope": p.slope} for p in points]
         if args.json:
@@ -523,7 +524,7 @@ def _critical_command(args: argparse.Namespace) -> int:
         iso = isometry(args.activation, point.weight_variance, args.depth, variance=q, **params)
         report = {"activation": args.activation, "bias_variance": sb, "weight_variance": point.weight_variance,
                   "fixed_point": point.variance, "slope": point.slope, "chi1": 1.0,
-                  "depth_scale_q": None if point.slope is None else _depth(point.slope),
+                  "depth_scale_q": point.depth_scale,
                   "isometry": vars(iso)}
         if args.json:
             print(json.dumps(report))
@@ -537,20 +538,15 @@ def _critical_command(args: argparse.Namespace) -> int:
             else:
                 print(f"  q*        = {point.variance!r}")
                 stable = "stable" if abs(point.slope) < 1 else "unstable"
-                print(f"  V'(q*)    = {point.slope:.12g} ({stable}; depth scale xi_q = {_depth(point.slope):.6g})")
+                print(f"  V'(q*)    = {point.slope:.12g} ({stable}; depth scale xi_q = {point.depth_scale:.6g})")
             print("\n".join(_isometry_lines(iso)))
     if args.plot:
         from .plot import plot_critical_line
 
-        spec = _linear_spec(args.line, "--line") if args.line else [0.5 * k / 40 for k in range(41)]
-        plot_critical_line(args.activation, critical_line(args.activation, spec, **params), args.plot)
+        if line is None:  # without --line: sigma_b^2 over [0, 0.5]
+            line = critical_line(args.activation, [0.5 * k / 40 for k in range(41)], **params)
+        plot_critical_line(args.activation, line, args.plot)
     return 0
-
-
-def _depth(slope: float) -> float:
-    from .meanfield import _depth_scale
-
-    return _depth_scale(slope)
 
 
 def _meanfield_command(args: argparse.Namespace) -> int:

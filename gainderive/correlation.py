@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import mpmath as mp
 import numpy as np
 
-from .errors import ConvergenceError, DivergenceError, GainDeriveError, VarianceError
+from .errors import ConvergenceError, DivergenceError, GainDeriveError
 from .estimate import Estimate
 
 if TYPE_CHECKING:
@@ -214,13 +214,9 @@ def kernel(
 
 
 def _check_q(q: Any) -> float:
-    try:
-        value = float(q)
-    except (TypeError, ValueError):
-        raise VarianceError(f"variance q must be a finite number > 0, got {q!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise VarianceError(f"variance q must be a finite number > 0, got {q!r}")
-    return value
+    from .moments import check_variance
+
+    return float(check_variance(q, scalar=True))
 
 
 def check_correlation(c: Any) -> np.ndarray:
@@ -260,6 +256,7 @@ def _evaluate(cuts: np.ndarray, programs, z: np.ndarray) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=1)
 def _gauss_kronrod():
     from .backends._gauss_kronrod import GAUSS_INDEX, GAUSS_WEIGHTS, KRONROD_NODES, KRONROD_WEIGHTS
 

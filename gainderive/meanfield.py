@@ -105,6 +105,11 @@ class CriticalPoint:
     variance: float | None
     slope: float | None  # V'(q*): the stability of q* itself
 
+    @property
+    def depth_scale(self) -> float | None:
+        """xi_q = -1 / log|V'(q*)| (None where every q is a fixed point)."""
+        return None if self.slope is None else _depth_scale(self.slope)
+
 
 @dataclass(frozen=True)
 class Isometry:
