@@ -2,9 +2,9 @@
 
 Importing sympy costs about half a second, more than everything else
 ``gainderive derive relu`` does.  For the registry's activations at their
-default parameters everything sympy would produce (breakpoints, exact
-exponential-polynomial terms, the straight-line programs of each piece, the
-centre f(0)) is a deterministic function of the registry, so it is stored in
+default parameters everything sympy would produce (breakpoints, feature
+points, exact exponential-polynomial terms, the straight-line programs of each
+piece, the centre f(0)) is a deterministic function of the registry, so it is stored in
 ``registry_cache.json`` and loaded without sympy.  ``tools/make_registry_cache.py``
 writes the file from :func:`build`; a test rebuilds it and requires it to be
 identical, so the cache can never drift from the code that defines it.
@@ -37,11 +37,15 @@ class CompiledIntegrand:
     nonnegative: tuple[bool, ...]
     exact_terms: tuple[dict[float, np.ndarray] | None, ...]
     numpy_pieces: tuple[Program, ...]
+    features: tuple[tuple[float, float], ...] = ()  # (centre, width) in z: see gainderive.features
+    # exact Taylor data at z = 0 for the small-q series (gainderive.backends.series); {} = not analytic at 0
+    taylor_coefficients: dict[str, list] | None = None
 
 
 def build() -> dict[str, Any]:
     """The cache contents, computed from the registry through the symbolic layer (imports sympy)."""
     from . import __version__
+    from .backends import series
     from .gaussian_rules import programs, verified_forms
     from .integrand import integrand
     from .moments import MOMENTS, moment_functions
@@ -62,6 +66,8 @@ def build() -> dict[str, Any]:
         entries[name] = {
             "closed_forms": {moment: form(act, moment) for moment in MOMENTS},
             "breakpoints": list(ig.breakpoints),
+            "features": [list(feature) for feature in ig.features],
+            "taylor": series.coefficients(ig) or {},
             "centre": float(c),
             "centre_exact": str(c),
             "labels": list(ig.labels),
@@ -111,6 +117,8 @@ def lookup(name: str):
         None if p["exact"] is None else {float(a): np.array(c) for a, c in p["exact"].items()} for p in entry["pieces"]
     )
     programs = tuple(Program.from_ops(p["program"]["ops"], p["program"]["outputs"]) for p in entry["pieces"])
+    # a cache written before feature points were stored has none: the backends' default feature still applies
+    features = tuple((float(c), float(w)) for c, w in entry.get("features", ()))
     compiled = CompiledIntegrand(tuple(entry["labels"]), tuple(entry["breakpoints"]), tuple(entry["nonnegative"]),
-                                 exact, programs)
+                                 exact, programs, features, entry.get("taylor"))
     return act, compiled, entry["centre"]

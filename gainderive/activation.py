@@ -91,10 +91,12 @@ class Activation:
 
     @cached_property
     def expression(self) -> sp.Expr:
-        """f(x) with the parameter values substituted (exact)."""
+        """f(x) with the parameter values substituted (exact), unstable patterns in their stable forms."""
         from ._structure import substitute
+        from .rewrite import stable
 
-        return substitute(self.symbolic_expression, self.params)
+        # again after substitution: log(a + exp(x)) is a softplus only once a > 0 is known
+        return stable(substitute(self.symbolic_expression, self.params))
 
     @cached_property
     def derivative(self) -> sp.Expr:

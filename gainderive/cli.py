@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -192,8 +193,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _number(value: Any, digits: int | None) -> Any:
+    """A float, or the value printed to ``digits`` digits; an infinite moment is the string "inf" (valid JSON)."""
     import mpmath as mp
 
+    if mp.isinf(value):
+        return "inf" if value > 0 else "-inf"
     if digits is None:
         return float(value)
     with mp.workdps(digits + 5):  # mp.mpf() rounds to the working precision: widen it first
@@ -228,6 +232,11 @@ def _derive(args: argparse.Namespace) -> int:
         from .closed_form import closed_forms
 
         forms = closed_forms(act)
+    notes = {}
+    if args.method != "quadrature" and "_closed_forms" not in act.__dict__:  # the registry cache holds verified forms
+        from .closed_form import verdicts
+
+        notes = {name: v.reason for name, v in verdicts(act).items() if v.status in ("rejected", "preferred")}
     report: dict[str, Any] = {
         "activation": act.name,
         "formula": act.formula,
@@ -236,7 +245,8 @@ def _derive(args: argparse.Namespace) -> int:
         "moments": {name: {"value": _number(e.value, args.digits), "error": _error(e.error, args.digits),
                            "method": e.method,
                            "closed_form": forms[name].text if forms.get(name) else None,
-                           "latex": forms[name].latex if forms.get(name) else None} for name, e in m},
+                           "latex": forms[name].latex if forms.get(name) else None,
+                           "closed_form_note": notes.get(name)} for name, e in m},
         "gains": {name: _number(e.value, args.digits) for name, e in g},
     }
     check = None
@@ -264,6 +274,9 @@ def _compare(m, mc, args) -> dict[str, Any]:
 
     out: dict[str, Any] = {"samples": 2 * (args.samples or _default_samples()) // 2, "seed": args.seed, "moments": {}}
     for (name, exact), (_, sampled) in zip(m, mc):
+        if math.isinf(float(exact.value)):  # infinite (f jumps, or f' is singular): nothing to sample
+            out["moments"][name] = {"value": "inf", "error": 0.0, "z_score": 0.0}
+            continue
         se = float(sampled.error)
         diff = float(sampled.value) - float(exact.value)
         z = diff / se if se > 0 else (0.0 if abs(diff) <= 1e-12 * (1 + abs(float(exact.value))) else math.inf)
@@ -294,34 +307,47 @@ def _table(report: dict[str, Any], act, m, g, *, latex: bool = False) -> str:
     lines.append(f"  {'moment':<12}{'value':>26}  {'error':>9}  method")
     for name, entry in report["moments"].items():
         value, error = _fmt(entry["value"]), _fmt_err(entry["error"])
+        if value == "∞":
+            error = ""
         lines.append(f"  {_LABELS[name]:<12}{value:>26}  {error:>9}  {entry['method']}")
     lines.append("")
     key = "latex" if latex else "closed_form"
-    if any(entry[key] for entry in report["moments"].values()):
+    if any(entry[key] or entry["closed_form_note"] for entry in report["moments"].values()):
         note = "; \\Phi is the standard normal CDF" if latex else ""
         lines.append(f"  closed forms (each verified against quadrature before it is shown{note}):")
         for name, entry in report["moments"].items():
-            shown = entry[key] or "none: this moment is computed by quadrature"
+            shown = entry[key] or ("∞ (" + entry["method"].removeprefix("infinite: ") + ")" if entry["value"] == "inf"
+                                   else "none: this moment is computed by quadrature")
+            if not entry[key] and entry["closed_form_note"]:
+                shown = f"derived but dropped: {entry['closed_form_note']}"
             lines.append(f"  {_LABELS[name]:<12}= {shown}")
+            if entry[key] and entry["closed_form_note"]:
+                lines.append(f"  {'':<12}  ({entry['closed_form_note']})")
     else:
         lines.append("  closed forms: none for this activation (outside the rule-based class); quadrature is used")
     lines.append("")
     lines.append(f"  {'gain':<12}{'value':>26}  std = gain / sqrt(fan)")
+    infinite = report["moments"]["derivative_second_moment"]["value"] == "inf"
     for name, value in report["gains"].items():
-        lines.append(f"  {name:<12}{_fmt(value):>26}  {_GAIN_NOTES[name]}")
+        note = _GAIN_NOTES[name]
+        if name == "fan_out" and infinite:
+            note = "1 / sqrt(E[f'^2]) = 0: E[f'^2] is infinite, no scale preserves the backward signal"
+        lines.append(f"  {name:<12}{_fmt(value):>26}  {note}")
     if "monte_carlo" in report:
         mc = report["monte_carlo"]
         lines.append("")
         lines.append(f"  Monte Carlo check: {mc['samples']:,} samples, seed {mc['seed']} (antithetic pairs)")
         for name, entry in mc["moments"].items():
-            lines.append(f"  {_LABELS[name]:<12}{entry['value']:>26.10g}  ± {entry['error']:.2g}  "
-                         f"z = {entry['z_score']:+.2f}")
+            shown = _fmt(entry["value"]) if isinstance(entry["value"], str) else f"{entry['value']:.10g}"
+            lines.append(f"  {_LABELS[name]:<12}{shown:>26}  ± {entry['error']:.2g}  z = {entry['z_score']:+.2f}")
         verdict = "agrees" if mc["passed"] else "DISAGREES"
         lines.append(f"  {verdict}: max |z| = {mc['max_abs_z']:.2f} (limit {CHECK_LIMIT:g} standard errors)")
     return "\n".join(lines)
 
 
 def _fmt(value: Any) -> str:
+    if value in ("inf", "-inf"):
+        return value.replace("inf", "∞")
     return value if isinstance(value, str) else f"{value:.16g}"
 
 
@@ -627,6 +653,45 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Python keyword arguments -> the command-line flags that set them (the API's messages name the former)
+_FLAGS = {
+    "digits": "--digits", "samples": "--samples", "seed": "--seed", "rtol": "--rtol", "variance": "--variance",
+    "mode": "--mode", "distribution": "--distribution", "layout": "--layout", "groups": "--groups",
+    "shape": "--shape", "depth": "--depth", "width": "--width", "batch": "--batch", "networks": "--networks",
+    "weight_variance": "--weight-variance", "bias_variance": "--bias-variance", "correlation": "--correlation",
+    "derivative": "--derivative", "moment": "--moment", "expected": "--expected", "method": "--method",
+    "format": "--format",
+}
+_ARGUMENT = re.compile(r"(?<![\w.-])(?P<name>[a-z_]+)=(?P<quote>[\"']?)(?P<value>[\w.+-]*)(?P=quote)(?!=)")
+
+
+_KEYWORDS = re.compile(r"as keyword arguments: (?P<list>\w+=VALUE(?:, \w+=VALUE)*)")
+
+
+def _cli_message(text: str, command: str) -> str:
+    """An API message with its Python arguments (``method="high_precision"``, ``digits=60``) as this command's flags.
+
+    ``derive`` has no --method high_precision or monte_carlo: it takes --digits N and --check for those.
+    """
+
+    def flag(match: re.Match) -> str:
+        name, value = match["name"], match["value"]
+        if name not in _FLAGS:
+            return match[0]
+        if command == "derive" and name == "method" and value == "high_precision":
+            return "--digits N"
+        if command == "derive" and name == "method" and value == "monte_carlo":
+            return "--check"
+        if name == "derivative":
+            return "--derivative" if value == "True" else "no --derivative"
+        return f"{_FLAGS[name]} {value}" if value else _FLAGS[name]
+
+    # parameters are keyword arguments in Python and --param NAME=VALUE here
+    text = _KEYWORDS.sub(lambda m: "with " + " ".join(f"--param {kw}" for kw in m["list"].split(", ")), text)
+    text = _ARGUMENT.sub(flag, text)
+    return text.replace("--digits N (--digits ", "--digits (").replace("--digits N, --digits ", "--digits ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gainderive`` command; returns the exit status."""
     parser = _build_parser()
@@ -638,10 +703,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "kernel": _kernel_command}
         return commands[args.command](args)
     except CheckError as exc:
-        print(f"gainderive: check failed: {exc}", file=sys.stderr)
+        print(f"gainderive: check failed: {_cli_message(str(exc), args.command)}", file=sys.stderr)
         return 1
     except GainDeriveError as exc:
-        print(f"gainderive: error: {exc}", file=sys.stderr)
+        print(f"gainderive: error: {_cli_message(str(exc), args.command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gainderive: interrupted", file=sys.stderr)

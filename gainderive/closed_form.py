@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from .activation import Activation
 
-__all__ = ["ClosedForm", "closed_forms", "evaluate"]
+__all__ = ["ClosedForm", "Verdict", "closed_forms", "evaluate", "verdicts"]
 
 _EPS = float(np.finfo(float).eps)
 
@@ -57,6 +57,28 @@ class ClosedForm:
         return self.text
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What became of a derived closed form.
+
+    ``status`` is ``"verified"`` (agrees with quadrature), ``"preferred"`` (quadrature disagreed, high precision
+    sided with the form, so the form replaces quadrature), ``"rejected"`` (high precision sided against the form,
+    or could not settle it; ``reason`` says which) or ``"none"`` (the rules derived no form).
+    """
+
+    form: ClosedForm | None
+    status: str
+    reason: str = ""
+
+
+def verdicts(activation: str | Activation, **params: Any) -> dict[str, Verdict]:
+    """For each moment, the derived closed form (if any) and whether it was verified, preferred or rejected."""
+    from .gaussian_rules import verdicts as derive
+    from .registry import activation as make_activation
+
+    return derive(make_activation(activation, **params))
+
+
 def closed_forms(activation: str | Activation, **params: Any) -> dict[str, ClosedForm | None]:
     """The verified closed forms of mean, second_moment, derivative_second_moment and variance.
 
@@ -75,11 +97,14 @@ def evaluate(whole, terms, q) -> tuple[np.ndarray, np.ndarray]:
     """(value, error bound) at an array of q from a closed form's two programs.
 
     ``whole`` evaluates the form in one piece (so k e^u - k becomes expm1); ``terms`` evaluates
-    its top-level terms separately, whose magnitudes bound the rounding of their sum.
+    its top-level terms separately, whose magnitudes, times the amplification of their exponentials
+    (:meth:`~gainderive.evaluate.Program.amplification`), bound the rounding of their sum.
     """
     q = np.asarray(q, dtype=float)
     with np.errstate(all="ignore"):
         value = whole(q)[0]
         parts = terms(q)
-    error = 16 * (len(parts) + 2) * _EPS * np.sum(np.abs(parts), axis=0)
+        # each term's rounding is magnified by its exponentials: e^{q/2} at q = 1000 is only good to ~500 eps
+        amplified = np.abs(parts) * (1 + np.asarray(terms.amplification(q)))
+    error = 16 * (len(parts) + 2) * _EPS * np.sum(amplified, axis=0)
     return value, error

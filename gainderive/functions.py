@@ -9,9 +9,26 @@ with its derivative and a rewrite to elementary functions.
 
 from __future__ import annotations
 
+import mpmath as mp
 import sympy as sp
 
 __all__ = ["Phi", "sigmoid", "softplus"]
+
+_GUARD_BITS = 20
+
+
+def _evalf(function, argument: sp.Expr, prec: int):
+    """``function`` (an mpmath function) at ``argument``, correct to ``prec`` bits.
+
+    sympy's evalf of the elementary rewrite loses the digits these functions are
+    for: log(1 + e^{-900}) and (1 + erf(-28))/2 both come back 0 at 40 digits.
+    """
+    value = argument._eval_evalf(prec + _GUARD_BITS)
+    if value is None or not value.is_Float:
+        return None
+    with mp.workprec(prec + _GUARD_BITS):
+        result = function(value._to_mpmath(prec + _GUARD_BITS))
+    return sp.Float._new(result._mpf_, prec) if isinstance(result, mp.mpf) else None
 
 
 class Phi(sp.Function):
@@ -31,7 +48,7 @@ class Phi(sp.Function):
         return (1 + sp.erf(arg / sp.sqrt(2))) / 2
 
     def _eval_evalf(self, prec):
-        return self.rewrite(sp.erf)._eval_evalf(prec)
+        return _evalf(mp.ncdf, self.args[0], prec)
 
     def _eval_is_real(self):
         return self.args[0].is_real
@@ -54,7 +71,7 @@ class sigmoid(sp.Function):  # noqa: N801  (the name users write)
         return 1 / (1 + sp.exp(-arg))
 
     def _eval_evalf(self, prec):
-        return self.rewrite(sp.exp)._eval_evalf(prec)
+        return _evalf(lambda u: 1 / (1 + mp.exp(-u)), self.args[0], prec)
 
     def _eval_is_real(self):
         return self.args[0].is_real
@@ -77,7 +94,7 @@ class softplus(sp.Function):  # noqa: N801
         return sp.log(1 + sp.exp(arg))
 
     def _eval_evalf(self, prec):
-        return self.rewrite(sp.exp)._eval_evalf(prec)
+        return _evalf(lambda u: mp.log1p(mp.exp(u)), self.args[0], prec)
 
     def _eval_is_real(self):
         return self.args[0].is_real

@@ -12,6 +12,11 @@ activation, a layer preserves
 
 The std of the weights is then gain / sqrt(fan).  Errors propagate to first
 order: a relative error e in a moment is a relative error e/2 in its gain.
+
+Where E[f'(z)^2] is infinite (f jumps, as sign(x); or f' is not
+square-integrable, as for log|x|), gain_fan_out = 1/sqrt(inf) = 0 with the
+moment's reason as its method: no weight scale preserves the backward signal,
+while gain_fan_in and gain_variance exist.  :func:`gain` refuses that mode.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ class Gains:
 def _inverse_sqrt_gain(scale: Any, moment: Estimate, what: str, why: str, mode: str) -> Estimate:
     """sqrt(scale / moment) (one rounding fewer than sqrt(scale)/sqrt(moment)), with relative error halved."""
     value, error = moment.value, moment.error
-    if moment.method == "high_precision":
+    if isinstance(value, mp.mpf):  # high precision (an infinite moment keeps its reason as the method)
         if value <= 0:
             raise GainDeriveError(f"{what} = {mp.nstr(value, 3)} ({why}), so gain_{mode} does not exist")
         g = mp.sqrt(scale / value)
@@ -97,4 +102,16 @@ def gain(
     """
     if mode not in MODES:
         raise GainDeriveError(f"unknown mode {mode!r}; accepted: {', '.join(MODES)}")
-    return getattr(gains(moments(activation, variance, method, **params)), mode).value
+    m = moments(activation, variance, method, **params)
+    if mode == "fan_out":
+        refuse_infinite_derivative(m, 'mode="fan_out"', 'mode="fan_in" or mode="variance"')
+    return getattr(gains(m), mode).value
+
+
+def refuse_infinite_derivative(m: Moments, what: str, instead: str) -> None:
+    """GainDeriveError naming why ``what`` needs a finite E[f'(z)^2] when it is infinite at some q of ``m``."""
+    d = m.derivative_second_moment
+    if np.any(np.isinf(np.asarray(d.value, dtype=float))):
+        reason = d.method.split("infinite: ", 1)[-1]
+        raise GainDeriveError(f"{what} needs E[f'(z)^2], which is infinite for {m.activation.name} ({reason}); "
+                              f"use {instead}")

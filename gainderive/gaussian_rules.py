@@ -31,11 +31,11 @@ from functools import lru_cache
 import sympy as sp
 
 from .activation import Activation
-from .closed_form import ClosedForm, Q
+from .closed_form import ClosedForm, Q, Verdict
 from .formula import X, parameter_symbol
 from .functions import Phi
 
-__all__ = ["NoClosedFormError", "closed_forms", "programs", "stable", "verified_forms"]
+__all__ = ["NoClosedFormError", "closed_forms", "programs", "stable", "verdicts", "verified_forms"]
 
 _MAX_TERMS = 400
 
@@ -434,24 +434,22 @@ def _reference(act: Activation, q: float) -> dict:
 
 
 @lru_cache(maxsize=128)
-def verified_forms(act: Activation) -> dict[str, ClosedForm | None]:
-    """closed_forms(act), keeping only those that agree with quadrature to 1e-12 at VERIFY_Q (and at a second
-    parameter point); a form that fails is dropped with a warning, and its numbers come from quadrature.
+def verdicts(act: Activation) -> dict[str, Verdict]:
+    """Each derived closed form of ``act`` checked against quadrature at VERIFY_Q (and a second parameter point).
 
-    A q at which quadrature itself cannot answer (the expectation overflows double precision) is skipped;
-    a form needs at least two q at which it was checked.
+    Where the form and quadrature disagree, neither is trusted: a third method settles it, the high-precision
+    backend at 30 digits with the same cuts.  A form that agrees with it is kept and marked ``preferred`` (quadrature
+    was wrong for this activation, so the form replaces quadrature wherever it evaluates); a form that does not is
+    ``rejected`` with the reason.  A q at which quadrature cannot answer (the expectation leaves the double range)
+    is skipped; a form needs at least two q at which it was checked.
     """
-    import warnings
-
-    import mpmath as mp
-
     from .errors import GainDeriveError
 
     forms = closed_forms(act)
+    out = {name: Verdict(form, "derived" if form is not None else "none") for name, form in forms.items()}
     if all(f is None for f in forms.values()):
-        return forms
-    checked = dict(forms)
-    points = {name: 0 for name in forms}
+        return out
+    points = dict.fromkeys(forms, 0)
     for point in _perturbed(act):
         values = _values(point)
         for qi in VERIFY_Q:
@@ -460,21 +458,98 @@ def verified_forms(act: Activation) -> dict[str, ClosedForm | None]:
             except GainDeriveError:
                 continue
             for name, form in forms.items():
-                if checked[name] is None or name not in reference:
+                if out[name].status not in ("derived", "preferred") or name not in reference:
                     continue
-                est = reference[name]
                 try:
                     exact_value = _mp_value(form, values, qi)
-                    second = forms["second_moment"]
-                    scale = (float(mp.sqrt(abs(_mp_value(second, values, qi)))) if name == "mean" and second
-                             else abs(float(exact_value)))
+                    scale = _scale(forms, name, values, qi, exact_value)
                 except GainDeriveError:  # a function (e.g. a Bessel function from sympy) we cannot evaluate
-                    checked[name] = None
+                    out[name] = Verdict(form, "rejected", "the form cannot be evaluated numerically")
                     continue
-                if abs(float(exact_value) - float(est.value)) > VERIFY_RTOL * scale + 2 * float(est.error):
-                    warnings.warn(f"closed form of {name} for {act.name} disagrees with quadrature at q = {qi:g}; "
-                                  "dropped, using quadrature", stacklevel=2)
-                    checked[name] = None
-                else:
+                est = reference[name]
+                # a 30-digit evaluation of a form that cancels (a variance ~0) is exact only to ~1e-30 E[f^2]
+                floor = 1e-25 * _scale(forms, "second_moment", values, qi, exact_value) if forms["second_moment"] \
+                    else 0.0
+                if abs(float(exact_value) - float(est.value)) <= VERIFY_RTOL * scale + 2 * float(est.error) + floor:
                     points[name] += 1
-    return {name: form if form is not None and points[name] >= 2 else None for name, form in checked.items()}
+                    continue
+                out[name] = _arbitrate(point, name, form, qi, exact_value, est, scale, floor)
+                if out[name].status == "preferred":
+                    points[name] += 1
+    for name, verdict in out.items():
+        if verdict.status == "rejected":
+            import warnings
+
+            warnings.warn(f"closed form of {name} for {act.name} dropped: {verdict.reason}", stacklevel=2)
+        elif verdict.form is not None and points[name] < 2:
+            out[name] = Verdict(verdict.form, "rejected", "fewer than two q at which it could be checked")
+        elif verdict.status == "derived":
+            out[name] = Verdict(verdict.form, "verified")
+    return out
+
+
+def _scale(forms, name, values, qi, exact_value) -> float:
+    """What 1e-12 is relative to: |value|, or sqrt(E[f^2]) for a mean (which may be 0)."""
+    import mpmath as mp
+
+    second = forms["second_moment"]
+    if name == "mean" and second is not None:
+        return float(mp.sqrt(abs(_mp_value(second, values, qi))))
+    if name == "second_moment" and second is not None:
+        return abs(float(_mp_value(second, values, qi)))
+    return abs(float(exact_value))
+
+
+_ARBITER_DIGITS = 30
+
+
+def _arbitrate(point: Activation, name: str, form: ClosedForm, qi: float, exact_value, est, scale: float,
+               floor: float) -> Verdict:
+    """Form and quadrature disagree at qi: settle it by the high-precision backend (same cuts, 30 digits)."""
+    import mpmath as mp
+
+    from .errors import GainDeriveError
+
+    quad = float(est.value)
+    try:
+        truth, error = _high_precision_reference(point, name, qi)
+    except GainDeriveError as exc:
+        return Verdict(form, "rejected", f"disagrees with quadrature at q = {qi:g} ({float(exact_value):.17g} vs "
+                                         f"{quad:.17g}) and high precision could not settle it ({exc})")
+    tolerance = VERIFY_RTOL * scale + float(error) + floor
+    form_off = abs(float(exact_value - truth))
+    if form_off <= tolerance and abs(quad - float(truth)) <= tolerance + 2 * float(est.error):
+        return Verdict(form, "derived")  # both right: they differed by less than their combined bars
+    if form_off <= tolerance:
+        return Verdict(form, "preferred",
+                       f"quadrature was off at q = {qi:g} ({quad:.17g}, high precision {mp.nstr(truth, 17)}); the "
+                       "closed form agrees with high precision and replaces quadrature")
+    rel = form_off / max(abs(float(truth)), 1e-300)
+    return Verdict(form, "rejected", f"disagrees with {_ARBITER_DIGITS}-digit quadrature at q = {qi:g} "
+                                     f"(form {float(exact_value):.17g}, high precision {mp.nstr(truth, 17)}, "
+                                     f"relative {rel:.2g})")
+
+
+def _high_precision_reference(act: Activation, name: str, q: float):
+    """(value, error) of one moment at q by the high-precision backend, as mpmath numbers."""
+    import mpmath as mp
+
+    from .moments import expectation, moments
+
+    text = repr(float(q))
+    with mp.workdps(_ARBITER_DIGITS + 10):
+        if name == "mean" or (act.jumps and name != "variance"):
+            h = {"mean": "f", "second_moment": "f**2"}[name]
+            est = expectation(act, h, text, "high_precision", digits=_ARBITER_DIGITS)
+        elif act.jumps:  # variance of a jumping f: from its mean and second moment
+            mean = expectation(act, "f", text, "high_precision", digits=_ARBITER_DIGITS)
+            second = expectation(act, "f**2", text, "high_precision", digits=_ARBITER_DIGITS)
+            return second.value - mean.value**2, second.error + 2 * abs(mean.value) * mean.error
+        else:
+            est = getattr(moments(act, text, "high_precision", digits=_ARBITER_DIGITS), name)
+        return est.value, est.error
+
+
+def verified_forms(act: Activation) -> dict[str, ClosedForm | None]:
+    """The closed forms of ``act`` that passed :func:`verdicts` (verified, or preferred over quadrature)."""
+    return {name: v.form if v.status in ("verified", "preferred") else None for name, v in verdicts(act).items()}

@@ -74,12 +74,17 @@ def truncation_std(bound: float = 2.0) -> float:
         return float(mp.sqrt(1 - 2 * b * mp.npdf(b) / (2 * mp.ncdf(b) - 1)))
 
 
-def calculate_gain(nonlinearity: str, param: float | None = None, *, variance: float = 1.0) -> float:
+def calculate_gain(nonlinearity: str, param: Any = None, *, variance: float = 1.0) -> float:
     """A drop-in for ``torch.nn.init.calculate_gain`` that returns the exact gain at input variance q.
 
     PyTorch's names (linear, conv*, sigmoid, tanh, relu, leaky_relu with ``param`` = negative_slope, selu)
     and any registry name or formula; the value is gain_fan_in = sqrt(q / E[f(z)^2]) at q = ``variance``.
+    ``param`` may be any real number type and keeps its value: ``np.float32(0.2)``, ``Fraction(1, 5)``,
+    ``Decimal("0.2")`` and ``"1/5"`` are all the slope 1/5 (a binary float means the shortest decimal that
+    round-trips in its own type, as for every activation parameter); complex or non-finite values raise
+    :class:`gainderive.errors.ParameterError`.
     """
+    from .errors import ParameterError
     from .gains import gain
 
     if nonlinearity in _TORCH_LINEAR:
@@ -88,7 +93,7 @@ def calculate_gain(nonlinearity: str, param: float | None = None, *, variance: f
     if nonlinearity == "leaky_relu":
         params["negative_slope"] = 0.01 if param is None else param
     elif param is not None:
-        raise GainDeriveError(f"param applies to leaky_relu only (its negative_slope); got param={param!r}")
+        raise ParameterError(f"param applies to leaky_relu only (its negative_slope); got param={param!r}")
     return float(gain(nonlinearity, variance, "fan_in", **params))
 
 
@@ -112,8 +117,12 @@ class InitSpec:
 
 def spec(activation: Any, shape: Sequence[int], *, mode: str = "fan_in", distribution: str = "normal",
          variance: float = 1.0, layout: str = "torch", groups: int = 1, **params: Any) -> InitSpec:
-    """The std (and bound) that preserves the signal through a layer of this shape, with provenance."""
-    from .gains import gains
+    """The std (and bound) that preserves the signal through a layer of this shape, with provenance.
+
+    Modes ``fan_out`` and ``fan_avg`` need E[f'(z)^2] and raise :class:`GainDeriveError` naming the reason
+    when it is infinite (sign(x), log|x|); ``fan_in`` works for those activations.
+    """
+    from .gains import gains, refuse_infinite_derivative
     from .moments import moments
 
     if mode not in MODES:
@@ -122,6 +131,8 @@ def spec(activation: Any, shape: Sequence[int], *, mode: str = "fan_in", distrib
         raise GainDeriveError(f"unknown distribution {distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}")
     fan_in, fan_out = fans(shape, layout, groups)
     m = moments(activation, variance, **params)
+    if mode != "fan_in":  # fan_out and fan_avg scale by E[f'^2]: not when it is infinite (f jumps, f' singular)
+        refuse_infinite_derivative(m, f'mode="{mode}"', 'mode="fan_in"')
     g = gains(m)
     if mode == "fan_in":
         gain, var_w = float(g.fan_in.value), float(g.fan_in.value) ** 2 / fan_in

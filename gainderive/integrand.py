@@ -4,7 +4,8 @@ For z ~ N(0, q) the backends compute E[h_j(z)] for functions h_1..h_m built
 from an activation f, its derivative f' and z itself.  An :class:`Integrand`
 holds them piece by piece: on each open interval between f's breakpoints, one
 smooth expression per h_j.  Quadrature and high precision split their
-integration domain at the breakpoints; Monte Carlo evaluates each piece on the
+integration domain at the breakpoints, and cut their panels at the feature
+points (:mod:`gainderive.features`); Monte Carlo evaluates each piece on the
 samples that fall in its interval.  What the backends share is this
 description of h, nothing of how they integrate it.
 """
@@ -40,6 +41,17 @@ class Integrand:
     breakpoints: tuple[float, ...]
     pieces: tuple[tuple[sp.Expr, ...], ...]
     nonnegative: tuple[bool, ...]
+
+    @cached_property
+    def features(self) -> tuple[tuple[float, float], ...]:
+        """(centre, width) in z of the narrow features of the pieces, where panels must be cut.
+
+        From the roots and stationary points of the polynomial arguments of every nonlinear
+        function in the pieces (see :func:`gainderive.features.feature_points`); computed once.
+        """
+        from .features import feature_points
+
+        return feature_points(h for exprs in self.pieces for h in exprs)
 
     @cached_property
     def exact_terms(self) -> tuple[dict[float, np.ndarray] | None, ...]:

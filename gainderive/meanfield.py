@@ -160,9 +160,29 @@ def _moments(act: Activation, q) -> tuple[np.ndarray, ...]:
     """(E f^2, E f'^2, E f f' z, E f'^4) and the error of E f^2, at every q (quadrature)."""
     from .backends import quadrature
 
+    _require_derivative(act)
     f2, df2, ffz, df4 = quadrature.integrate(_integrand(act), np.asarray(q, dtype=float))
     return (np.asarray(f2.value), np.asarray(df2.value), np.asarray(ffz.value), np.asarray(df4.value),
             np.asarray(f2.error))
+
+
+def _require_derivative(act: Activation) -> None:
+    """GainDeriveError, naming the reason, when E[f'(z)^2] is infinite (f jumps, or f' is singular at a point)."""
+    from .integrand import DF
+    from .singular import analyse
+
+    verdict = analyse(act, {"f'(z)^2": DF**2}).get("f'(z)^2")
+    if verdict is not None and verdict.everywhere:
+        raise GainDeriveError(f"mean-field quantities (chi_1, V'(q*), the edge of chaos, depth scales, isometry) "
+                              f"need E[f'(z)^2], which is infinite for {act.name} ({verdict.reason}); "
+                              "variance_map needs only E[f(z)^2]")
+
+
+def _second_moment(act: Activation, q) -> np.ndarray:
+    """E f^2 at every q (quadrature), for the variance map alone: it exists when f' does not."""
+    from .moments import expectation
+
+    return np.asarray(expectation(act, "f**2", q, "quadrature").value)
 
 
 def _scan(act: Activation, q_range: tuple[float, float]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
@@ -234,7 +254,7 @@ def variance_map(activation: Any, variance: Any, weight_variance: float, bias_va
 
     sw, sb = _check_variances(weight_variance, bias_variance)
     q = check_variance(variance)
-    return (sw * _moments(_act(activation, params), q)[0] + sb)[()]
+    return (sw * _second_moment(_act(activation, params), q) + sb)[()]
 
 
 def _roots(x: np.ndarray, y: np.ndarray, func, what: str) -> list[float]:
@@ -409,7 +429,9 @@ def correlation_fixed_point(activation: Any, weight_variance: float, bias_varian
     def cmap(c):
         return (sw * np.asarray(kernel(act, c, q).value) + sb) / q
 
-    if chi1 <= 1:
+    # chi_1 is computed at a q* that is itself rounded: at the edge of chaos chi_1 - 1 is rounding noise
+    # (2e-16), which must not be read as the chaotic phase
+    if chi1 <= 1 + 64 * np.finfo(float).eps:
         return 1.0, chi1
     grid = np.concatenate([np.linspace(-1, 0.99, 200), 1 - np.geomspace(1e-3, 1e-9, 13)])
     gap = cmap(grid) - grid

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import mpmath as mp
 import numpy as np
 
-from .errors import FormulaError, GainDeriveError, VarianceError
+from .errors import ConvergenceError, DivergenceError, FormulaError, GainDeriveError, VarianceError
 from .estimate import Estimate
 
 if TYPE_CHECKING:  # sympy and the symbolic layer load on first use; a cached registry activation needs neither
@@ -108,8 +108,9 @@ def _only(options: dict, *names: str) -> dict:
 def moment_functions(act: Activation) -> tuple[dict[str, sp.Expr], sp.Expr]:
     """The integrands h of E[h] that the four moments need, and the centre c = f(0) they use.
 
-    c keeps Var f = E[(f - c)^2] - (E f - c)^2 well conditioned; it is 0 where f(0) is not finite,
-    and when c = 0 the centred integrand is f^2 itself.
+    c keeps Var f = E[(f - c)^2] - (E[f - c])^2 well conditioned; it is 0 where f(0) is not finite,
+    and when c = 0 the centred integrand is f^2 itself.  E[f - c] is integrated as its own expectation
+    rather than formed as E[f] - c: for softplus at q = 1e-20, E[f] - log 2 = q/8 would be all rounding.
     """
     import sympy as sp
 
@@ -125,23 +126,31 @@ def moment_functions(act: Activation) -> tuple[dict[str, sp.Expr], sp.Expr]:
     functions = {"f(z)": F, "f(z)^2": F**2, "f'(z)^2": DF**2}
     if c != 0:
         functions[f"(f(z) - {c})^2"] = (F - c) ** 2
+        functions[f"f(z) - {c}"] = F - c
     return functions, c
 
 
-def _prepare(activation, method: str, params: dict) -> tuple[Activation, Any, Any]:
-    """The activation, its integrand for the four moments, and the centre c."""
+def _prepare(activation, method: str, params: dict) -> tuple[Activation, Any, Any, dict]:
+    """The activation, its integrand for the four moments, the centre c, and which moments are infinite.
+
+    The last is {label: :class:`~gainderive.singular.Infinite`} from :func:`gainderive.singular.analyse`,
+    decided from the formula before any backend runs; the registry's cached activations have none.  When it
+    is not empty the integrand is returned as {label: h}, to be compiled for the moments that are finite.
+    """
     if isinstance(activation, str) and not params and method != "high_precision":
         from ._cache import lookup
 
         cached = lookup(activation.strip())
         if cached is not None:
-            return cached
+            return (*cached, {})
     from .integrand import integrand
     from .registry import activation as make_activation
+    from .singular import analyse
 
     act = make_activation(activation, **params)
     functions, c = moment_functions(act)
-    return act, integrand(act, functions), c
+    infinite = analyse(act, functions)
+    return act, (functions if infinite else integrand(act, functions)), c, infinite
 
 
 def moments(
@@ -173,29 +182,138 @@ def moments(
     params:
         Activation parameters, e.g. ``alpha=2``.
 
-    Raises :class:`DiracDerivativeError` if f jumps (E[f'^2] is infinite).
+    Divergence is decided from the formula first (:mod:`gainderive.singular`): if E[f] or E[f^2] is
+    infinite at some q (f grows like exp(c x^2) with q >= 1/(4c), or is not square-integrable near a point,
+    as |x|^-0.6 or 1/x), :class:`DivergenceError` says which, why, and for which q it exists.  An infinite
+    E[f'^2] is an answer, not an error: when f jumps (sign, a step) or f' is not square-integrable at a point
+    (log|x|, |x|^-0.2, sqrt|x|), ``derivative_second_moment`` is ``Estimate(inf, 0, "infinite: <reason>")``
+    (arrays of inf for an array of q) and the other three moments are computed as usual.
+
+    An unbounded but integrable f, f^2 or f'^2 (log|x|, |x|^-0.2 near 0) can be beyond double-precision
+    quadrature; float methods then compute at most 32 variances with the high-precision backend at 20 digits,
+    rounded to float64 with the rounding added to the error bar, and report ``"high_precision"`` as the method.
     """
-    act, ig, c = _prepare(activation, method, params)
+    act, ig, _, infinite = _prepare(activation, method, params)
     options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol, "progress": progress}
     with _working_precision(method, digits, variance) as (q, digits):
-        mean, second, derivative, *centred = _run(ig, q, method, {**options, "digits": digits})
-        variance_f = _variance(mean, centred[0] if centred else second, c)
+        options["digits"] = digits
+        if infinite:
+            from .singular import raise_if_infinite
+
+            raise_if_infinite(infinite, [label for label in ig if label != _DERIVATIVE], q, act.name)
+        try:
+            if infinite:
+                mean, second, derivative, *centred = _singular_moments(act, ig, infinite, q, method, options)
+            else:
+                mean, second, derivative, *centred = _run(ig, q, method, options)
+        except (ConvergenceError, DivergenceError) as exc:
+            if method not in ("auto", "closed_form", "quadrature"):
+                raise
+            if method != "quadrature" and not infinite and isinstance(exc, ConvergenceError):
+                covered = _closed_forms_alone(act, q, rtol or 1e-13)
+                if covered is not None:  # sin at q = 1e8: too oscillatory for panels, exact in closed form
+                    return covered
+            return _resolve_singularity(act, q, params, exc)
+        variance_f = _variance(mean, *(centred or (second, None)))
         result = Moments(act, q, mean, second, derivative, variance_f, digits=digits)
     if method in ("auto", "closed_form"):
         result = _with_closed_forms(result, rtol or 1e-13)
+        if np.any(np.isinf(np.asarray(derivative.value, dtype=float))):  # a closed form never replaces an infinity
+            result = replace(result, derivative_second_moment=derivative)
     return result
 
 
+def _closed_forms_alone(act: Activation, q: Any, rtol: float) -> Moments | None:
+    """The moments from verified closed forms alone, where quadrature failed; None unless every one is covered."""
+    shape = np.shape(q)
+    missing = Estimate(np.full(shape, np.nan)[()], np.full(shape, np.inf)[()], "none")
+    m = _with_closed_forms(Moments(act, q, missing, missing, missing, missing), rtol)
+    if all(e.method == "closed_form" and np.all(np.isfinite(e.value)) for _, e in m):
+        return m
+    return None
+
+
+_DERIVATIVE = "f'(z)^2"
+_FALLBACK_DIGITS = 20
+_FALLBACK_LIMIT = 32
+
+
+def _resolve_singularity(act: Activation, q: Any, params: dict, failure: GainDeriveError) -> Moments:
+    """The moments by the high-precision backend, q by q, when quadrature failed at an integrable singularity.
+
+    Re-raises ``failure`` (with the singular point named) if f has no such point or there are too many q.
+    """
+    from .singular import integrable_singularities
+
+    if "not a real number" in str(failure):  # f is not real somewhere: no precision helps
+        raise failure
+    points = integrable_singularities(act, moment_functions(act)[0])
+    if not points:
+        raise failure
+    label, z0, alpha = min(points, key=lambda p: p[2])
+    distance = "|z|" if z0 == 0 else f"|z - {z0:.6g}|"
+    singular = f"{label} ~ {distance}^{alpha:.3g} is unbounded but integrable at z = {z0:.6g}"
+    qs = np.atleast_1d(np.asarray(q, dtype=float))
+    if qs.size > _FALLBACK_LIMIT:
+        raise type(failure)(f"{failure} ({singular}; method=\"high_precision\" resolves it one q at a time, here "
+                            f"for up to {_FALLBACK_LIMIT} q)") from None
+    try:
+        rows = [moments(act, repr(float(v)), "high_precision", digits=_FALLBACK_DIGITS) for v in qs]
+    except GainDeriveError as exc:
+        raise type(failure)(f"{failure} ({singular}; {_FALLBACK_DIGITS}-digit tanh-sinh did not resolve it "
+                            f"either: {exc})") from None
+
+    def column(name: str) -> Estimate:
+        values = np.array([float(getattr(r, name).value) for r in rows])
+        rounding = np.abs(values) * np.finfo(float).eps / 2  # mpf -> float64: half an ulp
+        errors = np.array([float(getattr(r, name).error) for r in rows]) + np.where(np.isfinite(values), rounding, 0)
+        shape = np.shape(q)
+        return Estimate(values.reshape(shape)[()], errors.reshape(shape)[()], getattr(rows[0], name).method)
+
+    return Moments(act, q, *(column(name) for name in MOMENTS))
+
+
+def _singular_moments(act: Activation, functions: dict, infinite: dict, q: Any, method: str,
+                      options: dict) -> tuple[Estimate, ...]:
+    """The moments when E[f'^2] may be infinite (E[f] and E[f^2] are finite): inf for f'^2 where it is infinite.
+
+    Each backend sees only integrands whose expectations are finite at the q it is given.
+    """
+    from .integrand import integrand
+    from .singular import infinite_estimate
+
+    verdict = infinite.get(_DERIVATIVE)
+    where = False if verdict is None else verdict.at(q)
+    if not np.any(where):  # growth that sets in only beyond these q
+        return _run(integrand(act, functions), q, method, options)
+    finite = {label: h for label, h in functions.items() if label != _DERIVATIVE}
+    mean, second, *centred = _run(integrand(act, finite), q, method, options)
+    derivative = infinite_estimate(verdict, q, method == "high_precision")
+    if not np.all(where):  # growth: infinite only for q >= 1/(2c), so only some q of an array
+        (part,) = _run(integrand(act, {_DERIVATIVE: functions[_DERIVATIVE]}), q[~where], method, options)
+        value, error = derivative.value.copy(), derivative.error.copy()
+        value[~where], error[~where] = part.value, part.error
+        derivative = Estimate(value, error, f"{part.method}; {derivative.method} (for q >= {verdict.threshold:.6g})")
+    return (mean, second, derivative, *centred)
+
+
 def _with_closed_forms(m: Moments, rtol: float) -> Moments:
-    """Replace each moment by its verified closed form where that is at least as accurate at every q."""
+    """Replace each moment by its verified closed form where that is at least as accurate at every q.
+
+    A form that won arbitration against quadrature (high precision sided with it) replaces quadrature wherever
+    it evaluates to a finite number: there quadrature's own error bar was shown not to hold.
+    """
     cached = m.activation.__dict__.get("_closed_forms")  # set by the registry cache: no sympy needed
+    preferred: set[str] = set()
     if cached is not None:
         forms, programs = cached
     else:
         from .gaussian_rules import programs as compile_form
-        from .gaussian_rules import verified_forms
+        from .gaussian_rules import verdicts
 
-        forms = verified_forms(m.activation)
+        found = verdicts(m.activation)
+        forms = {name: v.form if v.status in ("verified", "preferred") else None for name, v in found.items()}
+        preferred = {name for name, v in found.items() if v.status == "preferred"}
         programs = {name: compile_form(m.activation, name) for name in MOMENTS}
     from .closed_form import evaluate
 
@@ -204,9 +322,18 @@ def _with_closed_forms(m: Moments, rtol: float) -> Moments:
         if programs.get(name) is None:
             continue
         value, error = evaluate(*programs[name], m.q)
-        quadrature = getattr(m, name)
-        if np.all(np.isfinite(value)) and np.all(error <= np.maximum(rtol * np.abs(value), quadrature.error)):
+        previous = getattr(m, name)
+        if name in preferred:
+            use = np.isfinite(value) & np.isfinite(error)
+        else:
+            use = np.isfinite(value) & (error <= np.maximum(rtol * np.abs(value), previous.error))
+        if np.all(use):
             better[name] = Estimate(value[()], error[()], "closed_form")
+        elif name in preferred and np.any(use):  # per q: the form where it evaluates, quadrature elsewhere
+            keep = np.asarray(previous.value, dtype=float)
+            keep_error = np.asarray(previous.error, dtype=float)
+            better[name] = Estimate(np.where(use, value, keep)[()], np.where(use, error, keep_error)[()],
+                                    "closed_form")
     return replace(m, closed_forms=forms, **better)
 
 
@@ -229,22 +356,28 @@ def _exact_variance(variance: Any) -> mp.mpf:
     """q at the current mpmath precision; a float means the decimal it prints as (0.1 is 1/10)."""
     if isinstance(variance, float):  # np.float64 included: its repr() is not a plain decimal in numpy 2
         variance = repr(float(variance))
+    elif isinstance(variance, np.floating):  # float16/32/longdouble: the decimal it prints as in its own type
+        variance = np.format_float_scientific(variance, unique=True, trim="-")
     elif isinstance(variance, (int, np.integer)) and not isinstance(variance, bool):
         variance = str(int(variance))
     return check_variance(variance if isinstance(variance, (str, mp.mpf)) else check_variance(variance, scalar=True))
 
 
-def _variance(mean: Estimate, centred: Estimate, c: sp.Expr) -> Estimate:
-    """Var f = E[(f - c)^2] - (E f - c)^2, with the errors propagated to first order (plus the square)."""
-    if mean.method == "high_precision":  # runs inside the caller's working precision
-        import sympy as sp
+def _variance(mean: Estimate, centred: Estimate, shifted: Estimate | None) -> Estimate:
+    """Var f = E[(f - c)^2] - (E[f - c])^2, with the errors propagated to first order (plus the square).
 
-        cc = mp.mpf(str(sp.N(c, mp.mp.dps + 5))) if c != 0 else mp.mpf(0)
-        d = mean.value - cc
-        return Estimate(centred.value - d * d, centred.error + 2 * abs(d) * mean.error + mean.error**2, mean.method)
-    d = np.asarray(mean.value) - float(c)
+    ``shifted`` is E[f - c] integrated directly (None when c = 0, where it is E[f] itself).
+    """
+    if mean.method == "high_precision":  # runs inside the caller's working precision
+        if shifted is not None:
+            d, d_error = shifted.value, shifted.error
+        else:
+            d, d_error = mean.value, mean.error
+        return Estimate(centred.value - d * d, centred.error + 2 * abs(d) * d_error + d_error**2, mean.method)
+    source = shifted if shifted is not None else mean
+    d, d_error = np.asarray(source.value, dtype=float), np.asarray(source.error, dtype=float)
     value = np.asarray(centred.value) - d * d
-    error = np.asarray(centred.error) + 2 * np.abs(d) * np.asarray(mean.error) + np.asarray(mean.error) ** 2
+    error = np.asarray(centred.error) + 2 * np.abs(d) * d_error + d_error**2
     return Estimate(value[()], error[()], mean.method)
 
 
@@ -262,6 +395,11 @@ def expectation(
 ) -> Estimate:
     """E[h(z)] for z ~ N(0, q), where h is a formula in ``f``, ``df`` (f') and ``x`` (z).
 
+    An infinite E[h] raises :class:`DivergenceError` (one line: which expectation, why, at which point or
+    for which q it exists), decided from the formula before any backend runs (:mod:`gainderive.singular`);
+    h in ``df`` when f jumps raises :class:`DiracDerivativeError`.  Unlike :func:`moments`, which reports an
+    infinite E[f'^2] as ``inf``, this never returns an infinite value.
+
     >>> round(float(expectation("relu", "df**4", 2.0).value), 12)
     0.5
     """
@@ -270,6 +408,7 @@ def expectation(
     from .formula import parse_formula
     from .integrand import DF, F, integrand
     from .registry import activation as make_activation
+    from .singular import analyse, raise_if_infinite
 
     act = make_activation(activation, **params)
     if isinstance(h, str):
@@ -282,7 +421,9 @@ def expectation(
     if extra:
         raise FormulaError(f"h may use f, df (the derivative) and x only; got {', '.join(sorted(extra))}")
     expr = expr.subs({sp.Symbol(n, real=True): v for n, v in (("f", F), ("df", DF))})
-    ig = integrand(act, {str(h): expr})
+    functions = {str(h): expr}
+    ig = integrand(act, functions)
     options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol}
     with _working_precision(method, digits, variance) as (q, digits):
+        raise_if_infinite(analyse(act, functions), functions, q, act.name)
         return _run(ig, q, method, {**options, "digits": digits})[0]

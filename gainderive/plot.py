@@ -50,8 +50,14 @@ def _save(plt, fig, output: str | os.PathLike, dpi: int = 100) -> None:
 
 def plot_gains(activations: Sequence[str], output: str | os.PathLike, *, variance: str = "1e-3:1e3:241",
                size: tuple[int, int] = (900, 600)) -> None:
-    """gain_fan_in (solid) and gain_fan_out (dashed) against q, with PyTorch's constant marked (dotted)."""
+    """gain_fan_in (solid) and gain_fan_out (dashed) against q, with PyTorch's constant marked (dotted).
+
+    Where E[f'(z)^2] is infinite (f jumps, or f' is not square-integrable) gain_fan_out is 0 at every q: its
+    curve is left out and the legend says why.
+    """
     plt = _pyplot()
+    import numpy as np
+
     from .tables import table
 
     width, height = size
@@ -63,7 +69,13 @@ def plot_gains(activations: Sequence[str], output: str | os.PathLike, *, varianc
         t = table(name, variance)
         color = f"C{k % 10}"
         ax.plot(t.q, t.columns["gain_fan_in"], color=color, label=f"{t.activation.name}: fan_in")
-        ax.plot(t.q, t.columns["gain_fan_out"], color=color, linestyle="--", label=f"{t.activation.name}: fan_out")
+        if np.all(np.isinf(t.columns["derivative_second_moment"])):
+            reason = t.methods["derivative_second_moment"].removeprefix("infinite: ")
+            ax.plot([], [], color=color, linestyle="none",
+                    label=f"{t.activation.name}: no fan_out (E[f'^2] infinite: {reason})")
+        else:
+            fan_out = np.where(t.columns["gain_fan_out"] > 0, t.columns["gain_fan_out"], np.nan)  # 0 where infinite
+            ax.plot(t.q, fan_out, color=color, linestyle="--", label=f"{t.activation.name}: fan_out")
         if t.activation.name in PYTORCH_GAINS:
             ax.axhline(PYTORCH_GAINS[t.activation.name], color=color, linestyle=":", linewidth=1,
                        label=f"{t.activation.name}: torch calculate_gain")

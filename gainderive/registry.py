@@ -129,36 +129,115 @@ def _macros() -> dict[str, Macro]:
 
 @cache
 def parse_activation_formula(text: str) -> Parsed:
-    """Parse a formula in which registry names may be called as functions."""
-    from .formula import parse
+    """Parse a formula in which registry names may be called as functions.
 
-    return parse(text, macros=_macros())
+    The expression comes back with the numerically unstable patterns people type
+    (``log(1 + exp(x))``, ``x/(1 + exp(-x))``, ...) in their stable forms
+    (:func:`gainderive.rewrite.stable`, an identity).
+    """
+    from .formula import Parsed, parse
+    from .rewrite import stable
+
+    parsed = parse(text, macros=_macros())
+    return Parsed(stable(parsed.expression), parsed.conditions)
+
+
+_ACCEPTED = "a real number (int, float, numpy integer or float, Fraction, Decimal, sympy number, or text like '1/3')"
 
 
 def _parameter_value(name: str, value: object) -> sp.Expr:
-    import sympy as sp
+    """A parameter value as an exact sympy number.
 
+    Integers, :class:`fractions.Fraction` and :class:`decimal.Decimal` keep their
+    exact value.  A binary float means the shortest decimal that round-trips *in
+    its own type* -- the decimal the user typed and numpy prints: ``0.1`` is
+    1/10 and ``np.float32(0.2)`` is 1/5 (its binary value 13421773/67108864 is
+    what a float32 tensor holds, but nobody writes that number), the same rule
+    for float16, float32, float64, long double, mpmath and sympy floats at their
+    own precision.  Strings are formulas without ``x`` (``"1/3"``,
+    ``"sqrt(2)"``), exact.  Complex, non-finite and non-numeric values raise
+    :class:`ParameterError`.
+    """
     from .formula import parse_formula
 
-    if isinstance(value, bool):
-        raise ParameterError(f"parameter {name} must be a real number, got {value!r}")
-    if isinstance(value, sp.Basic):
-        number = value
-    elif isinstance(value, Real):
-        if not math.isfinite(float(value)):
-            raise ParameterError(f"parameter {name} must be finite, got {value!r}")
-        # a float means the decimal the user typed: 0.1 is 1/10, not its binary neighbour
-        number = sp.Rational(repr(float(value))) if isinstance(value, float) else sp.Integer(int(value))
-    elif isinstance(value, str):
+    number = _exact_number(name, value)
+    if number is None and isinstance(value, str):
         try:
             number = parse_formula(value)
         except FormulaError as exc:
             raise ParameterError(f"parameter {name}={value!r} is not a number ({exc})") from None
-    else:
-        raise ParameterError(f"parameter {name} must be a real number, got {type(value).__name__}")
+    if number is None:
+        raise ParameterError(f"parameter {name} must be {_ACCEPTED}; got {_type_name(value)}")
     if number.free_symbols or not number.is_real or not number.is_finite:
         raise ParameterError(f"parameter {name}={value!r} must be a finite real number (e.g. 0.5, 1/3, sqrt(2))")
-    return sp.nsimplify(number) if isinstance(number, sp.Float) else number
+    return number
+
+
+def _type_name(value: object) -> str:
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _exact_number(name: str, value: object) -> sp.Expr | None:
+    """``value`` as an exact sympy number, or None for strings and types that are not real numbers."""
+    from decimal import Decimal
+    from numbers import Rational
+
+    import mpmath as mp
+    import numpy as np
+    import sympy as sp
+
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a 0-d array is its scalar, with its own dtype
+    if isinstance(value, (bool, np.bool_, str)):
+        return None
+    if isinstance(value, sp.Basic):
+        if isinstance(value, sp.Float):
+            with mp.workprec(value._prec):  # mpf() rounds to the working precision
+                return _from_binary(name, mp.mpf(value._mpf_), value._prec)
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ParameterError(f"parameter {name} must be finite, got {value!r}")
+        return sp.Rational(*value.as_integer_ratio())
+    if isinstance(value, Rational):  # int, numpy integers, Fraction: exact
+        return sp.Rational(int(value.numerator), int(value.denominator))
+    if isinstance(value, np.floating):  # float16 .. longdouble, float64 included
+        if not np.isfinite(value):
+            raise ParameterError(f"parameter {name} must be finite, got {value!r}")
+        return sp.Rational(np.format_float_scientific(value, unique=True, trim="-"))
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ParameterError(f"parameter {name} must be finite, got {value!r}")
+        return sp.Rational(repr(value))
+    if isinstance(value, mp.mpf):  # its precision: at least the working one, at least its mantissa's bits
+        bits = int(abs(value.man)).bit_length() if mp.isfinite(value) else 0
+        return _from_binary(name, value, max(mp.mp.prec, bits))
+    if isinstance(value, Real):  # any other real type: the double it converts to
+        return _exact_number(name, float(value))
+    return None
+
+
+def _from_binary(name: str, value, prec: int) -> sp.Expr:
+    """The shortest decimal that rounds to ``value`` at ``prec`` bits (mpmath and sympy floats)."""
+    import mpmath as mp
+    import sympy as sp
+
+    if not mp.isfinite(value):
+        raise ParameterError(f"parameter {name} must be finite, got {value}")
+    if value == 0:
+        return sp.S.Zero
+    with mp.workprec(prec):
+        target = +value
+        for digits in range(1, int(prec * math.log10(2)) + 3):
+            text = mp.nstr(target, digits, min_fixed=1, max_fixed=0)  # scientific, exact digits
+            if mp.mpf(text) == target:
+                return sp.Rational(text)
+    mantissa, exponent = target.man_exp  # unreachable: prec*log10(2) + 2 digits always round-trip
+    return sp.Integer(mantissa) * sp.Integer(2) ** exponent
 
 
 def _check_constraints(act: Activation) -> None:
@@ -206,8 +285,9 @@ def _formula_activation(text: str, items: tuple[tuple[str, sp.Expr], ...]) -> Ac
     missing = sorted(free - set(given))
     unknown = sorted(set(given) - free)
     if missing:
-        hint = " ".join(f"--param {m}=VALUE" for m in missing)
-        raise ParameterError(f"formula has unbound parameter(s) {', '.join(missing)}; bind them with {hint}")
+        hint = ", ".join(f"{m}=VALUE" for m in missing)
+        raise ParameterError(f"formula has unbound parameter(s) {', '.join(missing)}; bind them as keyword "
+                             f"arguments: {hint}")
     if unknown:
         raise ParameterError(
             f"formula has no parameter(s) {', '.join(unknown)}; its parameters are: {', '.join(sorted(free)) or 'none'}"

@@ -5,6 +5,12 @@ activations): :func:`table` computes the moments and the three gains over a
 grid of q in one vectorised pass, and a :class:`Table` converts to records, a
 numpy structured array, CSV, JSON or Markdown, and interpolates between grid
 points (monotone cubic in log q) with a stated, measured interpolation error.
+
+Where E[f'(z)^2] is infinite (f jumps, as sign(x); f' not square-integrable, as
+for log|x|) its column holds inf, gain_fan_out holds 0, and the column's method
+(in the metadata) gives the reason.  CSV writes ``inf`` (which float() and
+every CSV reader parse); JSON has no infinity, so JSON rows hold the string
+``"inf"`` there; Markdown shows ``inf``.
 """
 
 from __future__ import annotations
@@ -144,11 +150,16 @@ class Table:
             raise GainDeriveError("a lookup needs a table of at least two q")
         order = np.argsort(self.q)
         logq, values = np.log(self.q[order]), self.columns[column][order]
+        if not np.all(np.isfinite(values)):
+            name = column.removesuffix("_error")
+            reason = self.methods.get(name, "not finite")
+            raise GainDeriveError(f"column {column} of {self.activation.name} is infinite ({reason}); "
+                                  "there is nothing to interpolate")
         interpolant = PchipInterpolator(logq, values)
         inside = np.concatenate([logq[:-1] + f * np.diff(logq) for f in (0.2, 0.4, 0.6, 0.8)])
         exact = table(self.activation, np.exp(inside)).columns[column]
         scale = np.maximum(np.abs(exact), np.max(np.abs(values)) * 1e-12)
-        error = float(np.max(np.abs(interpolant(inside) - exact) / scale))
+        error = float(np.max(np.abs(interpolant(inside) - exact) / np.where(scale > 0, scale, 1.0)))
         return Lookup(column, float(self.q.min()), float(self.q.max()), error, interpolant)
 
     # -- text formats ---------------------------------------------------------------------------------------
@@ -162,8 +173,9 @@ class Table:
         return buffer.getvalue()
 
     def to_json(self) -> dict[str, Any]:
-        return {"meta": self.meta, "columns": list(COLUMNS), "rows": [[float(self.columns[c][i]) for c in COLUMNS]
-                                                                      for i in range(self.q.size)]}
+        """Metadata, column names and rows; an infinite entry is the string "inf" (JSON has no infinity)."""
+        return {"meta": self.meta, "columns": list(COLUMNS), "rows": [[_json_number(self.columns[c][i])
+                                                                       for c in COLUMNS] for i in range(self.q.size)]}
 
     def to_markdown(self) -> str:
         shown = ("variance", *MOMENT_COLUMNS, *GAIN_COLUMNS)
@@ -173,6 +185,11 @@ class Table:
         for i in range(self.q.size):
             lines.append("| " + " | ".join(f"{self.columns[c][i]:.10g}" for c in shown) + " |")
         return "\n".join(lines) + "\n"
+
+
+def _json_number(value: Any) -> float | str:
+    value = float(value)
+    return value if math.isfinite(value) else ("inf" if value > 0 else "-inf" if value < 0 else "nan")
 
 
 def table(activation: str | Activation, variance: Any = DEFAULT_SPEC, *, method: str = "auto",

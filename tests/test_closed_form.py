@@ -103,11 +103,11 @@ def test_a_wrong_form_is_dropped_with_a_warning(monkeypatch):
     wrong = dict(real)
     wrong["second_moment"] = gaussian_rules._form("second_moment", real["second_moment"].expression * 1.001)
     monkeypatch.setattr(gaussian_rules, "closed_forms", lambda _: wrong)
-    gaussian_rules.verified_forms.cache_clear()
-    with pytest.warns(UserWarning, match="disagrees with quadrature"):
+    gaussian_rules.verdicts.cache_clear()
+    with pytest.warns(UserWarning, match="dropped: disagrees with 30-digit quadrature"):
         forms = gaussian_rules.verified_forms(act)
     assert forms["second_moment"] is None and forms["mean"] is not None
-    gaussian_rules.verified_forms.cache_clear()
+    gaussian_rules.verdicts.cache_clear()
 
 
 def test_a_jump_keeps_the_closed_forms_of_f_alone():

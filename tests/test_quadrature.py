@@ -91,9 +91,12 @@ def test_array_and_scalar_agree():
     assert m.second_moment.value.shape == (2, 2)
     for idx in np.ndindex(q.shape):
         scalar = gd.moments("gelu", float(q[idx]))
-        assert m.second_moment.value[idx] == pytest.approx(scalar.second_moment.value, rel=1e-15)
-        assert m.derivative_second_moment.value[idx] == pytest.approx(scalar.derivative_second_moment.value,
-                                                                       rel=1e-15)
+        for name in ("second_moment", "derivative_second_moment"):
+            # both within their error bars of the truth (plus a few ulps): an array computes the same numbers,
+            # up to the last bits a different SIMD path may round differently
+            many, one = getattr(m, name), getattr(scalar, name)
+            bar = many.error[idx] + one.error + 4e-16 * abs(one.value)
+            assert abs(many.value[idx] - one.value) <= bar, name
 
 
 def test_general_expectations():

@@ -1,6 +1,7 @@
 """Write gainderive/registry_cache.json: the registry's moment integrands, precompiled (see gainderive/_cache.py).
 
-Run after changing the registry, the parser, the program compiler or the integrand description:
+Run after changing the registry, the parser, the program compiler, the integrand description or the
+feature-point detection (gainderive/features.py):
     python tools/make_registry_cache.py
 tests/test_cache.py fails until the file matches what the code builds.
 """

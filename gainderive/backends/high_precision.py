@@ -2,12 +2,24 @@ r"""High-precision backend: mpmath tanh-sinh quadrature at any number of digits.
 
 The same integral as the quadrature backend,
 :math:`E[h(z)] = \int h(\sqrt q\,t)\,\varphi(t)\,dt`, split at the same
-points (the breakpoints of f, t = 0, the z-grid ±1/\sqrt q, ±4/\sqrt q and the
-t-grid ±2, ±5, ±9), each interval integrated by ``mpmath.quad`` (tanh-sinh,
-which maps the half-infinite end intervals itself) at ``digits`` significant
-digits plus guard digits.  The error reported is mpmath's own estimate, summed
-over intervals; if it exceeds 10^(-digits) of the result the backend raises
-rather than return fewer digits than asked.
+points: the breakpoints of f, the t-grid 0, ±2, ±5, ±9, and the cuts around
+every feature of the integrand (:func:`gainderive.features.feature_cuts`, the
+rule the quadrature backend uses), out to where \varphi falls below the working
+precision.  Each interval is integrated by ``mpmath.quad`` (tanh-sinh, which
+maps the half-infinite end intervals itself) at ``digits`` significant digits
+plus guard digits.
+
+``mpmath.quad`` stops when its error estimate falls below the working epsilon
+*in absolute terms*, so an expectation of size 1e-151 (tanh's E[f'^2] at
+q = 1e300) or 1e300 would come back with no correct digit or never converge.
+A cheap low-degree pass first measures the size of each h_j, and the
+integrand is divided by it: the tolerance becomes relative to the expectation.
+
+The error reported is mpmath's own estimate, summed over intervals, floored at
+10^(-digits) E|h| (summed over intervals): a value that cancels to 0 (the mean
+of an odd f) is only known to that absolute accuracy, whatever mpmath's
+estimate of the truncation error says.  If the estimate exceeds 10^(-digits)
+of the result the backend raises rather than return fewer digits than asked.
 
 Slow (tens of milliseconds per interval at 40 digits) and exact in the sense
 that matters: the reference the float64 backends are tested against.
@@ -21,7 +33,8 @@ import mpmath as mp
 
 from ..errors import ConvergenceError, DivergenceError
 from ..estimate import Estimate
-from .quadrature import _T_GRID, _Z_GRID, TAIL
+from ..features import feature_cuts
+from .quadrature import _T_GRID, TAIL
 
 if TYPE_CHECKING:
     from ..integrand import Integrand
@@ -30,13 +43,17 @@ __all__ = ["integrate"]
 
 _GUARD = 10
 _FAR = mp.mpf(100)  # standard deviations: phi(100) = 1e-2173, so only super-Gaussian growth survives there
+_SIZING_DEGREE = 3  # enough for the order of magnitude of each interval, at a few percent of the full cost
 
 
-def _split_points(breakpoints, s):
+def _split_points(integrand: Integrand, s, dps: int):
+    """Breakpoints, the t-grid and the feature cuts, in t, sorted, between -inf and inf."""
+    # cuts beyond the t where phi(t) < 10^-dps carry nothing: the infinite end intervals cover them
+    reach = max(mp.sqrt(2 * dps * mp.log(10)) + 1, mp.mpf(_T_GRID[-2]))
     points = {mp.mpf(0)}
     points.update(mp.mpf(g) * sign for g in _T_GRID if g < TAIL for sign in (1, -1))
-    points.update(mp.mpf(g) / s * sign for g in _Z_GRID for sign in (1, -1))
-    points.update(mp.mpf(b) / s for b in breakpoints)
+    points.update(feature_cuts(getattr(integrand, "features", ()), s, reach))
+    points.update(mp.mpf(b) / s for b in integrand.breakpoints)
     return [-mp.inf, *sorted(points), mp.inf]
 
 
@@ -44,29 +61,51 @@ def _one_variance(integrand: Integrand, q, digits: int) -> list[tuple[mp.mpf, mp
     programs = integrand.mpmath_pieces(digits + _GUARD)
     s = mp.sqrt(q)
     cuts = [mp.mpf(b) for b in integrand.breakpoints]
-    points = _split_points(integrand.breakpoints, s)
+    points = _split_points(integrand, s, digits + _GUARD)
     m = len(integrand.labels)
+    intervals = []
+    for lo, hi in zip(points, points[1:]):
+        mid = (lo + hi) / 2 if mp.isfinite(lo) and mp.isfinite(hi) else (hi - 1 if mp.isfinite(hi) else lo + 1)
+        intervals.append((lo, hi, programs[sum(1 for c in cuts if s * mid > c)]))
+
+    def weighted_row(program, t, memo):
+        # every h_j at once, remembered: the m integrals of an interval visit the same nodes
+        row = memo.get(t)
+        if row is None:
+            density = mp.npdf(t)
+            row = memo[t] = [v * density for v in program(s * t)]
+        return row
+
+    def integrate_interval(j, lo, hi, program, memo, size, degree):
+        def integrand_j(t):
+            value = weighted_row(program, t, memo)[j]
+            if isinstance(value, mp.mpc) or not mp.isfinite(value):
+                raise DivergenceError(
+                    f"E[{integrand.labels[j]}] at q = {mp.nstr(q, 6)}: the integrand is not a finite real "
+                    f"number at z = {mp.nstr(s * t, 8)}"
+                )
+            return value / size
+
+        value, err = mp.quad(integrand_j, [lo, hi], error=True, maxdegree=degree)
+        return value * size, err * size
+
+    memos = [{} for _ in intervals]
+    # the order of magnitude of each E[h_j], so that mpmath's absolute tolerance is relative to it
+    sizes = []
+    for j in range(m):
+        rough = sum(abs(integrate_interval(j, lo, hi, program, memo, 1, _SIZING_DEGREE)[0])
+                    for (lo, hi, program), memo in zip(intervals, memos))
+        sizes.append(rough if rough > 0 and mp.isfinite(rough) else mp.mpf(1))
     totals = [mp.mpf(0)] * m
     errors = [mp.mpf(0)] * m
     scale = [mp.mpf(0)] * m
-    for lo, hi in zip(points, points[1:]):
-        mid = (lo + hi) / 2 if mp.isfinite(lo) and mp.isfinite(hi) else (hi - 1 if mp.isfinite(hi) else lo + 1)
-        program = programs[sum(1 for c in cuts if s * mid > c)]
+    for (lo, hi, program), memo in zip(intervals, memos):
         for j in range(m):
-
-            def integrand_j(t, j=j, program=program):
-                value = program(s * t)[j] * mp.npdf(t)
-                if isinstance(value, mp.mpc) or not mp.isfinite(value):
-                    raise DivergenceError(
-                        f"E[{integrand.labels[j]}] at q = {mp.nstr(q, 6)}: the integrand is not a finite real "
-                        f"number at z = {mp.nstr(s * t, 8)}"
-                    )
-                return value
-
-            value, err = mp.quad(integrand_j, [lo, hi], error=True, maxdegree=10)
+            value, err = integrate_interval(j, lo, hi, program, memo, sizes[j], 10)
             totals[j] += value
             errors[j] += err
             scale[j] += abs(value)
+        memo.clear()
     # tanh-sinh maps the end intervals to finite ones and will sum a divergent integral to a huge finite
     # number: require |h phi| far out to be negligible against its size in the bulk of the Gaussian
     def weighted(t):
@@ -93,7 +132,9 @@ def _one_variance(integrand: Integrand, q, digits: int) -> list[tuple[mp.mpf, mp
                 f"E[{integrand.labels[j]}] at q = {mp.nstr(q, 6)} reached only an error of "
                 f"{mp.nstr(errors[j], 3)} at {digits} digits: the integrand is probably singular"
             )
-        out.append((totals[j], errors[j]))
+        # mpmath's estimate is of the truncation error only: the rounding of the interval sums at the working
+        # precision is not in it, and it is all there is in a value that cancels to 0 (an odd f's mean)
+        out.append((totals[j], max(errors[j], mp.mpf(10) ** (-digits) * scale[j])))
     return out
 
 

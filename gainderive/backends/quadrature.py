@@ -17,9 +17,14 @@ into panels at
 * the breakpoints of f, t = b/\sqrt q (so every panel lies inside one smooth
   piece and the rule never straddles a kink);
 * a fixed grid in t that resolves the Gaussian weight (0, ±2, ±5, ±9);
-* a grid in z, t = ±1/\sqrt q and ±4/\sqrt q where these fall inside the
-  first t-panel: activations have their features at |z| of order 1, which
-  for large q is a small neighbourhood of t = 0.
+* every feature of the integrand (:mod:`gainderive.features`), a centre c and
+  a width w in z (the sign change of tanh(k(z - b)), the peak of
+  exp(-a(z - b)^2)), and the default feature (0, 1) that every activation
+  has: t = (c ± w m)/\sqrt q for m = 1/2, 2, 8, 32, 128, then every factor 16
+  until the offset passes 1 in t, where the t-grid takes over.  A feature far narrower
+  than the panels (a bump of width 1e-4, or tanh's transition at q = 1e8,
+  which fills |t| < 1e-4) would otherwise fall between the nodes of both
+  rules, which then agree on a wrong value with an error estimate of 0.
 
 Each panel gets the 21-point Gauss-Kronrod rule; |K21 - G10| scaled as in
 QUADPACK (Piessens et al. 1983) is its error estimate.  Panels whose error
@@ -30,7 +35,12 @@ piece, and only the piece's own expression is evaluated on its panels.
 The tolerance for E[h] is max(rtol |E[h]|, 100 eps E|h|): relative to the
 value, except where the value is so much smaller than E|h| (a mean near 0)
 that rounding in the integrand sets the floor.  The reported error is the sum
-of the panel estimates.
+of the panel estimates plus a rounding floor no rule can see: the nodes are
+floats, so h is sampled up to ~eps |t| away from where the rule assumes, an
+error of eps |t| times the variation of h phi over the panel.  It matters
+around a narrow feature far from z = 0 (relative error |z|/w eps for a bump of
+width w at z) and is left out of the refinement test, since bisection cannot
+reduce it.
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ import numpy as np
 
 from ..errors import ConvergenceError, DivergenceError
 from ..estimate import Estimate
+from ..features import feature_cuts_array
 from ._exact import piece_moments
 from ._gauss_kronrod import GAUSS_INDEX, GAUSS_WEIGHTS, KRONROD_NODES, KRONROD_WEIGHTS
 
@@ -52,7 +63,6 @@ __all__ = ["DEFAULT_RTOL", "integrate"]
 DEFAULT_RTOL = 1e-13
 TAIL = 38.5
 _T_GRID = (2.0, 5.0, 9.0, TAIL)
-_Z_GRID = (1.0, 4.0)
 _MAX_ROUNDS = 64
 _MAX_PANELS = 2_000_000
 _CHUNK = 1024
@@ -64,16 +74,14 @@ _WK = np.array(KRONROD_WEIGHTS)
 _WG = np.zeros_like(_WK)
 _WG[list(GAUSS_INDEX)] = GAUSS_WEIGHTS
 _W2 = np.stack([_WK, _WG], axis=1)
+_ONES = np.ones(_XK.size - 1)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
 
-def _initial_panels(cuts: np.ndarray, s: np.ndarray, pieces):
+def _initial_panels(cuts: np.ndarray, s: np.ndarray, pieces, features=()):
     """Panel ends (a, b) and owning variance index for every q, in the given pieces only."""
     grid = np.array([0.0, *_T_GRID, *(-g for g in _T_GRID)])
-    features = np.outer(1.0 / s, np.array([*_Z_GRID, *(-g for g in _Z_GRID)]))
-    # z-grid points only refine the first t-panel; elsewhere the t-grid is finer
-    features[np.abs(features) >= _T_GRID[0]] = 0.0
-    points = [np.broadcast_to(grid, (s.size, grid.size)), features]
+    points = [np.broadcast_to(grid, (s.size, grid.size)), feature_cuts_array(features, s, TAIL)]
     if cuts.size:
         points.append(np.outer(1.0 / s, cuts))
     mesh = np.sort(np.clip(np.concatenate(points, axis=1), -TAIL, TAIL), axis=1)
@@ -85,7 +93,12 @@ def _initial_panels(cuts: np.ndarray, s: np.ndarray, pieces):
 
 
 def _panel_rule(integrand: Integrand, a, b, owner, piece, s, q):
-    """Kronrod value, error estimate and E|h| of every panel, for every h_j.
+    """Kronrod value, error estimate, E|h|, tail size and rounding floor of every panel, for every h_j.
+
+    The rounding floor is what neither rule can see, because both share the nodes: a node t_k is
+    only known to a relative eps, so h phi is integrated at nodes shifted by up to ~eps |t|, an
+    error up to eps max|t| times the total variation of h phi over the panel.  Around a feature of
+    width w at |z| >> w (a bump of width 1e-4 at z = 0.5) that is |z|/w times eps |E h|.
 
     Panels arrive sorted by piece and are processed in chunks small enough
     that numpy's temporaries are recycled rather than freshly mapped: fresh
@@ -97,7 +110,9 @@ def _panel_rule(integrand: Integrand, a, b, owner, piece, s, q):
     err = np.empty((m, a.size))
     absolute = np.empty((m, a.size))
     edge = np.empty((m, a.size))
+    noise = np.empty((m, a.size))
     work = np.empty((m, _CHUNK, _XK.size))
+    work_steps = np.empty((m, _CHUNK, _XK.size - 1))
     for lo in range(0, a.size, _CHUNK):
         hi = min(lo + _CHUNK, a.size)
         mid, half = 0.5 * (a[lo:hi] + b[lo:hi]), 0.5 * (b[lo:hi] - a[lo:hi])
@@ -123,6 +138,11 @@ def _panel_rule(integrand: Integrand, a, b, owner, piece, s, q):
         if outer.size:
             node = np.where(b[lo:hi][outer] >= TAIL, -1, 0)
             edge[:, lo + outer] = np.abs(values[:, outer, node]) * (2 * half[outer])
+        # total variation of h phi along the (sorted) nodes, times the largest |t| on the panel
+        reach = np.maximum(np.abs(a[lo:hi]), np.abs(b[lo:hi]))
+        steps = np.subtract(values[..., 1:], values[..., :-1], out=work_steps[:, : hi - lo])
+        noise[:, lo:hi] = np.abs(steps, out=steps) @ _ONES
+        noise[:, lo:hi] *= 4 * _EPS * reach
         kg = values @ _W2
         k_, g_ = kg[..., 0] * half, kg[..., 1] * half
         ab = np.abs(k_)  # E|h| = E[h] on a panel where h >= 0
@@ -137,7 +157,7 @@ def _panel_rule(integrand: Integrand, a, b, owner, piece, s, q):
             scaled = spread * np.minimum(1.0, (200.0 * e / spread) ** 1.5)
         e = np.where((spread > 0) & (e > 0), scaled, e)
         kron[:, lo:hi], err[:, lo:hi], absolute[:, lo:hi] = k_, np.maximum(50 * _EPS * ab, e), ab
-    return kron, err, absolute, edge
+    return kron, err, absolute, edge, noise
 
 
 def _not_finite(j: int, h: np.ndarray, z: np.ndarray, owner: np.ndarray, q, labels) -> NoReturn:
@@ -148,8 +168,8 @@ def _not_finite(j: int, h: np.ndarray, z: np.ndarray, owner: np.ndarray, q, labe
     if np.isinf(h[p, n]):
         raise DivergenceError(
             f"{where} overflows double precision at z = {z[p, n]:.6g}, inside the 38.5-standard-deviation range "
-            "the expectation needs; it diverges or leaves the double range (--digits uses mpmath, which does not "
-            "overflow)"
+            "the expectation needs; it diverges or leaves the double range (method='high_precision' uses mpmath, "
+            "which does not overflow)"
         )
     raise DivergenceError(
         f"{where} is undefined (not a real number) at z = {z[p, n]:.6g}; a formula must be real for every real x "
@@ -157,14 +177,39 @@ def _not_finite(j: int, h: np.ndarray, z: np.ndarray, owner: np.ndarray, q, labe
     )
 
 
-def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL) -> tuple[Estimate, ...]:
+def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL,
+              small_variance_series: bool = True) -> tuple[Estimate, ...]:
     """E[h_j(z)], z ~ N(0, q), for every h_j of ``integrand`` and every q in ``variance``.
 
     Returns one :class:`Estimate` per h_j whose value and error have the shape
     of ``variance`` (q > 0 and finite).  Raises :class:`DivergenceError` when
     the integrand is not finite or does not decay, :class:`ConvergenceError`
     when the tolerance is not met (a singular or divergent integrand).
+
+    Where q is so small that the integrand is rounding noise (sigmoid's (f - 1/2)^2 at q = 1e-20) or its
+    halves cancel (ELU's mean at q = 1e-40), E[h_j] comes from the Taylor series of h at 0
+    (:mod:`.series`) for each (h_j, q) where that meets the tolerance; ``small_variance_series=False``
+    turns this off.
     """
+    # ---- begin: small-variance Taylor series (gainderive/backends/series.py) ----
+    if small_variance_series:
+        from . import series
+
+        flat = np.asarray(variance, dtype=float).ravel()
+        found = series.integrate(integrand, flat, rtol)
+        if found is not None and found[2].any():
+            value, error, usable = found
+            rest = ~usable.all(axis=0)
+            if rest.any():  # quadrature for the q where some h_j is not served by the series
+                quad = integrate(integrand, flat[rest], rtol=rtol, small_variance_series=False)
+                for j, est in enumerate(quad):
+                    take = ~usable[j, rest]
+                    value[j, rest] = np.where(take, est.value, value[j, rest])
+                    error[j, rest] = np.where(take, est.error, error[j, rest])
+            shape = np.shape(variance)
+            return tuple(Estimate(value[j].reshape(shape)[()], error[j].reshape(shape)[()], "quadrature")
+                         for j in range(len(integrand.labels)))
+    # ---- end: small-variance Taylor series ----
     q = np.asarray(variance, dtype=float)
     shape = q.shape
     q = q.ravel()
@@ -173,35 +218,45 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL) -> 
     exact = [k for k, terms in enumerate(integrand.exact_terms) if terms is not None]
     everywhere = np.arange(q.size)
 
-    # 1. pieces that are sums of z^n e^{az}: exact, with a bound on their rounding error
+    # 1. pieces that are sums of z^n e^{az}: exact, with a bound on their rounding error.  A piece is trusted
+    # where it is finite and its bound is below half its size; elsewhere (ELU's (e^z - 1)^2 at small q, a
+    # polynomial piece whose terms q^2... cancel or overflow at q = 1e100) it goes to panels in step 3.
     bounds = [-np.inf, *cuts, np.inf]
-    parts = {k: piece_moments(integrand.exact_terms[k], bounds[k], bounds[k + 1], q, integrand.nonnegative)
-             for k in exact}
-    total = sum((v for v, _, _ in parts.values()), np.zeros((m, q.size)))
-    error = sum((e for _, e, _ in parts.values()), np.zeros((m, q.size)))
-    l1 = sum((a for _, _, a in parts.values()), np.zeros((m, q.size)))
-    if not np.all(np.isfinite(total)):
-        j, i = (int(v[0]) for v in np.nonzero(~np.isfinite(total)))
-        raise DivergenceError(f"E[{integrand.labels[j]}] at q = {q[i]:g} overflows double precision; the "
-                              "expectation diverges or leaves the double range (--digits uses mpmath)")
+    parts = {k: [np.array(v) for v in piece_moments(integrand.exact_terms[k], bounds[k], bounds[k + 1], q,
+                                                    integrand.nonnegative)] for k in exact}
+    trusted = {}
+    for k, (value, err, absolute) in parts.items():
+        trusted[k] = np.isfinite(value) & np.isfinite(err) & np.isfinite(absolute) & (err <= 0.5 * np.abs(value))
+        trusted[k] |= (err == 0) & (value == 0)
+        for v in (value, err, absolute):
+            v[~trusted[k]] = 0.0  # counted once step 3 has integrated it by panels
+
+    def exact_sum(which: int, skip=None) -> np.ndarray:
+        return sum((p[which] for k, p in parts.items() if k != skip), np.zeros((m, q.size)))
 
     # 2. the other pieces by adaptive panels, against the tolerance of the whole
     panels = [k for k in range(len(integrand.numpy_pieces)) if k not in exact]
+    panel = [np.zeros((m, q.size)) for _ in range(3)]
     if panels:
-        t, e, a = _adaptive(integrand, cuts, q, everywhere, panels, rtol, total, l1)
-        total, error, l1 = total + t, error + e, l1 + a
+        panel = list(_adaptive(integrand, cuts, q, everywhere, panels, rtol, exact_sum(0), exact_sum(2)))
 
-    # 3. exact pieces whose terms cancel beyond the tolerance (ELU's (e^z - 1)^2 at small q): panels there
-    tol = np.maximum(rtol * np.abs(total), 100 * _EPS * l1)
+    # 3. exact pieces that are untrusted or whose rounding exceeds their share of the tolerance: panels there.
+    # The rest of the sum is formed from the other pieces, never as total - this piece: where this piece's
+    # terms cancelled to 1e149 the difference would have lost everything else.
+    tol = np.maximum(rtol * np.abs(panel[0] + exact_sum(0)), 100 * _EPS * (panel[2] + exact_sum(2)))
     for k in exact:
         value, err, absolute = parts[k]
-        redo = np.nonzero(np.any(err > 0.5 * tol / max(len(exact), 1), axis=0))[0]
+        redo = np.nonzero(np.any(~trusted[k] | (err > 0.5 * tol / max(len(exact), 1)), axis=0))[0]
         if redo.size:
-            rest_total, rest_l1 = total[:, redo] - value[:, redo], l1[:, redo] - absolute[:, redo]
-            t, e, a = _adaptive(integrand, cuts, q[redo], redo, [k], rtol, rest_total, rest_l1)
-            total[:, redo] = rest_total + t
-            l1[:, redo] = rest_l1 + a
-            error[:, redo] += e - err[:, redo]
+            rest_total = (panel[0] + exact_sum(0, skip=k))[:, redo]
+            rest_l1 = (panel[2] + exact_sum(2, skip=k))[:, redo]
+            value[:, redo], err[:, redo], absolute[:, redo] = _adaptive(integrand, cuts, q[redo], redo, [k], rtol,
+                                                                       rest_total, rest_l1)
+    total, error = panel[0] + exact_sum(0), panel[1] + exact_sum(1)
+    if not np.all(np.isfinite(total)):
+        j, i = (int(v[0]) for v in np.nonzero(~np.isfinite(total)))
+        raise DivergenceError(f"E[{integrand.labels[j]}] at q = {q[i]:g} overflows double precision; the "
+                              "expectation diverges or leaves the double range (method='high_precision' uses mpmath)")
     return tuple(Estimate(total[j].reshape(shape)[()], error[j].reshape(shape)[()], "quadrature") for j in range(m))
 
 
@@ -213,37 +268,41 @@ def _adaptive(integrand: Integrand, cuts, q, index, pieces, rtol, offset_total, 
     """
     s = np.sqrt(q)
     m = len(integrand.labels)
-    a, b, owner = _initial_panels(cuts, s, pieces)
+    a, b, owner = _initial_panels(cuts, s, pieces, getattr(integrand, "features", ()))
 
     def per_q(v: np.ndarray) -> np.ndarray:
         return np.stack([np.bincount(owner, w, q.size) for w in v])
 
     total = np.zeros((m, q.size))
     error = np.zeros((m, q.size))
+    rounding = np.zeros((m, q.size))  # kept out of the refinement test: bisection cannot reduce it
     l1 = np.zeros((m, q.size))
     for _ in range(_MAX_ROUNDS):
         if not a.size:
-            return total, error, l1
+            return total, error + rounding, l1
         piece = np.searchsorted(cuts, 0.5 * (a + b) * s[owner])
         order = np.argsort(piece, kind="stable")
         a, b, owner, piece = a[order], b[order], owner[order], piece[order]
-        kron, err, absolute, edge = _panel_rule(integrand, a, b, owner, piece, s, q)
+        kron, err, absolute, edge, noise = _panel_rule(integrand, a, b, owner, piece, s, q)
 
         all_total, all_error = offset_total + total + per_q(kron), error + per_q(err)
         all_l1 = offset_l1 + l1 + per_q(absolute)
         _check_tails(edge, all_l1, owner, q, integrand.labels)
         tol = np.maximum(rtol * np.abs(all_total), 100 * _EPS * all_l1)
-        converged = np.all(all_error <= tol, axis=0)
+        # the rounding floor counts against the tolerance of the whole, but not of a panel: bisection cannot
+        # reduce it, so where it alone exceeds the tolerance the panels are refined until each meets its share
+        converged = np.all(all_error + rounding + per_q(noise) <= tol, axis=0)
         # a panel's share of the tolerance: its share of E|h|, or of the t-range where E|h| is negligible
         share = np.maximum(0.5 * (b - a) / TAIL, absolute / np.where(all_l1 > 0, all_l1, 1.0)[:, owner])
         accept = converged[owner] | np.all(err <= 0.5 * tol[:, owner] * share, axis=0)
 
         total += per_q(kron * accept)
         error += per_q(err * accept)
+        rounding += per_q(noise * accept)
         l1 += per_q(absolute * accept)
         refine = ~accept
         if not refine.any():
-            return total, error, l1
+            return total, error + rounding, l1
         if 2 * refine.sum() > _MAX_PANELS:
             break
         mid = 0.5 * (a + b)
@@ -259,7 +318,7 @@ def _adaptive(integrand: Integrand, cuts, q, index, pieces, rtol, offset_total, 
         f"E[{integrand.labels[j]}] did not converge at q = {q[owner[worst]]:g} near "
         f"z = {mid[worst] * s[owner[worst]]:.6g}: the integrand is probably singular there, and the "
         "expectation infinite or, for an integrable singularity, beyond double-precision quadrature "
-        "(try --digits)"
+        "(try method='high_precision')"
     )
 
 
