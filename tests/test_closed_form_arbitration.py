@@ -104,3 +104,27 @@ def test_narrow_bump_forms_survive_and_match_the_40_digit_integral():
     d = m.derivative_second_moment
     assert abs(d.value - float(truth)) <= d.error + 8 * np.finfo(float).eps * float(truth)
     assert abs(gd.gains(m).fan_out.value - float(1 / mp.sqrt(truth))) < 1e-12
+
+
+def test_cli_reports_a_dropped_form_with_its_reason_never_none(monkeypatch, capsys):
+    from gainderive.cli import main
+
+    formula = "max(x, 0) + 0*x**3"  # relu, spelled so that no other test has its verdicts cached
+    real = gaussian_rules.closed_forms
+
+    def wrong_mean(act):
+        forms = dict(real(act))
+        if act.formula == formula:
+            forms["mean"] = ClosedForm("mean", "sqrt(q)/3", "sqrt(q)/3")  # the truth is sqrt(q/(2 pi))
+        return forms
+
+    monkeypatch.setattr(gaussian_rules, "closed_forms", wrong_mean)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["derive", formula, "-q", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "closed forms: none" not in out
+    assert "derived but dropped: disagrees with 30-digit quadrature" in out
+    mean_line = next(line for line in out.splitlines() if line.strip().startswith("E[f(z)] "))
+    value = float(mean_line.split()[1])
+    assert abs(value - np.sqrt(2 / (2 * np.pi))) < 1e-14  # E[relu(z)] = sqrt(q/(2 pi)), by hand
