@@ -47,6 +47,12 @@ def _params(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def _exact_variance(text: str):
+    from .moments import check_variance
+
+    return check_variance(str(text))
+
+
 def _variance(text: str) -> float:
     from .moments import check_variance
 
@@ -216,7 +222,8 @@ def _derive(args: argparse.Namespace) -> int:
     from .progress import progress_bar
 
     params = _params(args.param)
-    q = _variance(args.variance)
+    # at --digits q is exact at the working precision, so any q > 0 is accepted (1e-310 included)
+    q = _variance(args.variance) if args.digits is None else float(_exact_variance(args.variance))
     if args.digits is not None and not 5 <= args.digits <= 200:
         raise GainDeriveError(f"--digits takes 5..200, got {args.digits}")
     if args.samples is not None and not args.check:

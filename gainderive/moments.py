@@ -59,6 +59,9 @@ class Moments:
         return iter((name, getattr(self, name)) for name in MOMENTS)
 
 
+_SMALLEST_NORMAL = float(np.finfo(float).tiny)
+
+
 def check_variance(variance: Any, *, scalar: bool = False) -> Any:
     """Validate q: finite and > 0 (a number, or an array unless ``scalar``)."""
     if isinstance(variance, bool):
@@ -81,6 +84,9 @@ def check_variance(variance: Any, *, scalar: bool = False) -> Any:
         bad = q[~(np.isfinite(q) & (q > 0))] if q.size else q
         shown = bad.ravel()[0] if bad.size else "an empty array"
         raise VarianceError(f"variance q must be finite and > 0; got {shown}")
+    if np.any(q < _SMALLEST_NORMAL):  # subnormal: fewer than 53 bits, so no value could carry a 1e-13 bar
+        raise VarianceError(f"variance q = {q[q < _SMALLEST_NORMAL].ravel()[0]:g} is subnormal; in double precision "
+                            f"q must be >= {_SMALLEST_NORMAL:.4g} (method=\"high_precision\" takes any q > 0)")
     return q[()] if q.ndim == 0 else q
 
 

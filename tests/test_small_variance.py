@@ -258,3 +258,13 @@ def test_a_narrow_bump_away_from_zero_limits_the_series():
     est = gd.moments("x + x*exp(-100000000*(x - 0.3)**2)", 1e-3).mean
     assert abs(mp.mpf(float(est.value)) - want) <= est.error + 1e-320
     assert want > 1e-24
+
+
+def test_subnormal_q_is_refused_in_double_precision_and_answered_at_high_precision():
+    # a subnormal q has fewer than 53 bits, so no double result could carry a 1e-13 bar: refused, naming the range
+    with pytest.raises(gd.VarianceError, match=r"subnormal.*2\.225e-308"):
+        gd.moments("tanh", 1e-310)
+    # high precision takes q exactly: E[tanh(z)^2] = q - 2 q^2 + O(q^3) (tanh^2 z = z^2 - 2 z^4/3 + ..., E z^4 = 3 q^2)
+    m = gd.moments("tanh", "1e-310", "high_precision", digits=20)
+    with mp.workdps(40):  # the reference exact to 40 digits, not rounded to 53 bits
+        assert abs(m.second_moment.value - mp.mpf("1e-310")) <= m.second_moment.error + mp.mpf("1e-600")
