@@ -580,11 +580,29 @@ class Program:
                 operands = [results[j] for j in args]
                 if any(v is None for v in operands):
                     continue
+                if self.ops[i][0] in _EXPONENTIAL and _beyond(operands, _HUGE_EXPONENT):
+                    continue  # e^(e^30) has 10^13 digits in its exponent: beyond any double, and hours to compute
                 try:
                     results[i] = fn(*operands)
                 except (ArithmeticError, ValueError, TypeError, MemoryError):  # undecided, complex, 1/0, e^(e^800)
                     results[i] = None
         return [results[k] for k in self.outputs]
+
+
+_EXPONENTIAL = {"exp", "expm1", "sinh", "cosh", "pow", "ScaledPhi"}
+_HUGE_EXPONENT = mp.mpf(10) ** 6
+
+
+def _beyond(operands: list, limit: mp.mpf) -> bool:
+    """Whether any interval operand reaches |u| > limit."""
+    for u in operands:
+        try:
+            lo, hi = _ends(u)
+        except _UndecidedError:
+            return True
+        if not (abs(lo) <= limit and abs(hi) <= limit):
+            return True
+    return False
 
 
 def _pinned(value: Any) -> float | None:

@@ -181,3 +181,10 @@ def test_true_divergence_and_non_real_formulas_are_still_refused():
         gd.moments("exp(x**2)", 1.0)
     with pytest.raises(DivergenceError, match="not a real number"):
         gd.moments("log(x)", 1.0)
+
+
+def test_a_double_exponential_is_refused_at_once_not_expanded_to_astronomical_precision():
+    # e^(e^(e^z)) at z = 2 is beyond any double; the interval rescue must not try to pin it down (its exponent
+    # has ~10^3 digits at z = 2 and ~10^13 at z = 30: that once ran for hours); it is an overflow, said at once
+    with pytest.raises(gd.DivergenceError, match="overflows double precision"):
+        gd.moments("exp(exp(exp(x)))", 1000.0)
