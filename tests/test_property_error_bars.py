@@ -321,7 +321,7 @@ def test_every_returned_moment_is_within_its_error_bar(formula, q, method):
 
 
 @pytest.mark.slow
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])  # shrinking takes minutes
 @given(FORMULAS, st.floats(-3, 3).map(lambda e: float(10.0**e)), st.sampled_from(["auto", "quadrature"]))
 def test_every_returned_moment_is_within_its_error_bar_sweep(formula, q, method):
