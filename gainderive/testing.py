@@ -102,7 +102,7 @@ def _claim_expression(expected: Any, free: set[str]):
     if isinstance(expected, str):
         expr = parse_formula(expected)
     elif isinstance(expected, sp.Basic):
-        expr = _exact_floats(sp.sympify(expected))
+        expr = _exact_floats(expected)  # already a sympy expression: nothing is parsed
     else:
         return None
     if expr.has(sp.nan, sp.zoo, sp.oo, -sp.oo):
