@@ -161,6 +161,19 @@ def _allocate(probability: np.ndarray, pairs: int) -> np.ndarray:
     return n
 
 
+def _shifted_sums(y: np.ndarray, shift: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of (y - shift) and its square over the samples (axis 1), shifted in place; refuses non-finite ones.
+
+    The shift (the first chunk's mean) keeps the variance from cancelling when E[h] is large against its spread.
+    """
+    with np.errstate(all="ignore"):  # a non-finite sample is refused just below
+        y -= shift[:, None]
+        total = y.sum(axis=1)
+        square = np.einsum("jn...,jn...->j...", y, y)
+    _check_finite(total, square, labels)
+    return total, square
+
+
 def _check_finite(chunk_total: np.ndarray, chunk_square: np.ndarray, labels: tuple[str, ...]) -> None:
     """Refuse a chunk with an inf or NaN sample (its sum is then not finite) or whose squares overflow."""
     bad = ~(np.isfinite(chunk_total) & np.isfinite(chunk_square))
@@ -241,11 +254,7 @@ def _integrate_plain(integrand, variance, samples, seed, progress) -> tuple[Esti
         y = _pair_sums(integrand, x[:n, None] * s)  # twice the pair averages; halved at the end
         if shift is None:
             shift = y.mean(axis=1)
-        with np.errstate(all="ignore"):  # a non-finite sample is refused just below
-            y -= shift[:, None, :]
-            chunk_total = y.sum(axis=1)
-            chunk_square = np.einsum("jnq,jnq->jq", y, y)
-        _check_finite(chunk_total, chunk_square, integrand.labels)
+        chunk_total, chunk_square = _shifted_sums(y, shift, integrand.labels)
         total += chunk_total
         square += chunk_square
         done += n
@@ -334,11 +343,7 @@ def _stratified(integrand, q: float, pairs: int, seed, counter: _Progress) -> tu
             if shift is None:
                 shift = y.mean(axis=1)
                 total, square = np.zeros(m), np.zeros(m)
-            with np.errstate(all="ignore"):  # a non-finite sample is refused just below
-                y -= shift[:, None]
-                chunk_total = y.sum(axis=1)
-                chunk_square = np.einsum("jn,jn->j", y, y)
-            _check_finite(chunk_total, chunk_square, integrand.labels)
+            chunk_total, chunk_square = _shifted_sums(y, shift, integrand.labels)
             total += chunk_total
             square += chunk_square
             done += n
