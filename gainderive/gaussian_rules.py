@@ -238,8 +238,8 @@ SYMPY_SECONDS = 1.0
 _HOPELESS = (sp.tanh, sp.log, sp.atan, sp.asinh, sp.Abs, sp.sign)
 
 
-class _OutOfTimeError(Exception):
-    pass
+class _OutOfTimeError(BaseException):
+    """Raised by the timer.  A BaseException, so sympy's own ``except Exception`` clauses cannot swallow it."""
 
 
 def _sympy_integral(h: sp.Expr, lo, hi) -> sp.Expr:
@@ -256,15 +256,24 @@ def _sympy_integral(h: sp.Expr, lo, hi) -> sp.Expr:
         raise _OutOfTimeError
 
     previous = signal.signal(signal.SIGALRM, out_of_time)
-    signal.setitimer(signal.ITIMER_REAL, SYMPY_SECONDS)
-    try:
-        density = sp.exp(-X**2 / (2 * Q)) / sp.sqrt(2 * sp.pi * Q)
-        result = sp.integrate(h.rewrite(sp.erf) * density, (X, lo, hi))
-    except _OutOfTimeError:
-        raise NoClosedFormError(f"sympy found no closed form within {SYMPY_SECONDS:g} s") from None
-    finally:
+
+    def stop():
+        signal.signal(signal.SIGALRM, signal.SIG_IGN)  # first, so no tick lands while the timer is disarmed
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+    # repeating: a signal that lands in a gc callback has its exception printed and dropped ("Exception
+    # ignored in ..."), which once let sympy.integrate run on for hours; the next tick raises again
+    signal.setitimer(signal.ITIMER_REAL, SYMPY_SECONDS, 0.1)
+    try:
+        try:
+            density = sp.exp(-X**2 / (2 * Q)) / sp.sqrt(2 * sp.pi * Q)
+            result = sp.integrate(h.rewrite(sp.erf) * density, (X, lo, hi))
+        finally:
+            stop()
+    except _OutOfTimeError:  # from the integration, or a tick that landed as the timer was being stopped
+        stop()
+        raise NoClosedFormError(f"sympy found no closed form within {SYMPY_SECONDS:g} s") from None
     if result.has(sp.Integral, sp.Piecewise, sp.nan, sp.zoo):
         raise NoClosedFormError("sympy left the integral unevaluated")
     return result

@@ -155,3 +155,25 @@ def test_float64_forms_on_a_dense_grid_agree_with_quadrature(name):
         scale = np.sqrt(quad.second_moment.value) if moment == "mean" else np.abs(reference)
         assert np.all(np.isfinite(value)), moment
         assert np.all(np.abs(value - reference) <= 1e-12 * np.where(scale > 0, scale, 1.0)), moment
+
+
+def test_the_sympy_time_limit_survives_a_swallowed_signal(monkeypatch):
+    # a timer signal landing in a gc callback has its exception printed and dropped; sympy code with a broad
+    # except does the same.  The limit must still hold: the next tick raises again.
+    import time
+
+    def stubborn_integrate(*_, **__):
+        deadline = time.monotonic() + 5.0  # bounded, so a broken limit fails the test instead of hanging it
+        try:
+            while time.monotonic() < deadline:
+                pass
+        except BaseException:  # the first tick, swallowed
+            pass
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        return sp.Integral(gaussian_rules.X, gaussian_rules.X)  # "unevaluated": only reached if the limit failed
+
+    monkeypatch.setattr(gaussian_rules, "SYMPY_SECONDS", 0.2)
+    monkeypatch.setattr(gaussian_rules.sp, "integrate", stubborn_integrate)
+    with pytest.raises(gaussian_rules.NoClosedFormError, match=r"within 0\.2 s"):
+        gaussian_rules._sympy_integral(gaussian_rules.X**2, -sp.oo, sp.oo)
