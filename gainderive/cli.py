@@ -1,17 +1,22 @@
 """The ``gainderive`` command line.
 
-Every user error ends in one line on stderr and exit status 2; a Monte Carlo
-cross-check that disagrees beyond 5 standard errors ends in exit status 1.
+Every path ends in one of three exit statuses: 0 (done), 1 (a check failed: a Monte Carlo cross-check that
+disagrees beyond 5 standard errors, or a refuted ``verify``) or 2 (bad input, including sizes beyond the limits
+of :mod:`gainderive.limits`), each failure with one line on stderr.  Status 70 is reserved for a bug, 130 for
+Ctrl-C and 141 for a closed pipe.  Sizes are checked while the arguments are parsed, before any work starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
+import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .errors import CheckError, GainDeriveError
@@ -31,181 +36,411 @@ _GAIN_NOTES = {
     "variance": "sqrt(q / Var f)    next layer re-centres",
 }
 
+# The choices argparse checks (kept equal to the library's own lists; tests/test_cli.py compares them).
+DERIVE_METHODS = ("auto", "closed_form", "quadrature", "high_precision", "monte_carlo")
+TABLE_METHODS = ("auto", "closed_form", "quadrature")
+KERNEL_METHODS = ("auto", "closed_form", "quadrature", "high_precision")
+FORMATS = ("csv", "json", "markdown")
+MODES = ("fan_in", "fan_out", "fan_avg")
+LAYOUTS = ("torch", "tf")
+INIT_DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal", "looks_linear", "delta_orthogonal")
+PROPAGATE_DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal")
+PLOT_FORMATS = (".png", ".pdf", ".svg")
+DEFAULT_HIGH_PRECISION_DIGITS = 30
+
 
 class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that point at this (sub)command's help and suggest a near choice."""
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"gainderive: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"gainderive: error: {_did_you_mean(message)} (see {self.prog} --help)\n")
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '?(?P<value>[^'(]*?)'? \(choose from (?P<choices>.*)\)")
+
+
+def _did_you_mean(message: str) -> str:
+    """argparse's "invalid choice" message, with the closest accepted choice suggested when one is close."""
+    match = _INVALID_CHOICE.search(message)
+    if not match:
+        return message
+    choices = [c.strip().strip("'\"") for c in match["choices"].split(",")]
+    value = match["value"].strip()
+    near = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+    if not near:
+        near = [c for c in choices if c.lower() == value.lower().replace("-", "_")]
+    return message + (f"; did you mean {near[0]!r}?" if near else "")
+
+
+# ---------------------------------------------------------------- argument types (checked at parse time)
+
+def _integer(text: str) -> int | None:
+    """An integer from ``12``, ``1_000`` or ``1e6`` (an integral float), else None."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if math.isfinite(value) and value == int(value) else None
+
+
+def _count(limit_name: str | None = None, *, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` and within ``gainderive.limits`` limit ``limit_name``."""
+
+    def parse(text: str) -> int:
+        value = _integer(text)
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"takes an integer >= {minimum}, got {text!r}")
+        if limit_name is not None:
+            _within_limit(limit_name, value)
+        return value
+
+    return parse
+
+
+def _within_limit(limit_name: str, value: int) -> None:
+    """check_size, its message without the API keyword it starts with (the flag is named by argparse)."""
+    from .limits import LIMITS, LimitError, check_size
+
+    try:
+        check_size(limit_name, value)
+    except LimitError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{LIMITS[limit_name].keyword}: ")) from None
+
+
+def _digits(text: str) -> int:
+    """Significant digits for mpmath: 5 (below that no error bar is meaningful) up to the digits limit."""
+    from .limits import LimitError, limit
+
+    value = _integer(text)
+    try:
+        top = limit("digits")
+    except LimitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if value is None or not 5 <= value <= top:
+        raise argparse.ArgumentTypeError(f"takes 5..{top} significant digits, got {text!r}" + (
+            " (GAINDERIVE_MAX_DIGITS raises the top)" if value is not None and value > top else ""))
+    return value
+
+
+def _positive_real(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"takes a finite number > 0, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------- parameters and values
+
+#: Python keyword arguments -> the command-line flags that set them (the API's messages name the former)
+_FLAGS = {
+    "digits": "--digits", "samples": "--samples", "seed": "--seed", "rtol": "--rtol", "variance": "--variance",
+    "mode": "--mode", "distribution": "--distribution", "layout": "--layout", "groups": "--groups",
+    "shape": "--shape", "depth": "--depth", "width": "--width", "batch": "--batch", "networks": "--networks",
+    "weight_variance": "--weight-variance", "bias_variance": "--bias-variance", "correlation": "--correlation",
+    "derivative": "--derivative", "moment": "--moment", "expected": "--expected", "method": "--method",
+    "format": "--format",
+}
+#: keyword arguments of the API calls behind the commands: an activation parameter of the same name would clash
+_RESERVED = set(_FLAGS) | {"activation", "variance2", "progress", "gain", "params", "output", "size", "ax",
+                           "runs", "points", "formula", "unknowns", "constraints"}
+
+
+def _pairs(items: Sequence[str], flag: str, example: str) -> dict[str, str]:
+    """NAME=VALUE items of a repeatable flag; a name given twice is an error, not "the last one wins"."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or not name or not value:
+            raise GainDeriveError(f"{flag} takes NAME=VALUE, e.g. {flag} {example}; got {item!r}")
+        if name in out:
+            raise GainDeriveError(f"{flag} {name} is given twice ({name}={out[name]}, {name}={value}); give each "
+                                  "name once")
+        out[name] = value
+    return out
 
 
 def _params(pairs: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise GainDeriveError(f"--param takes NAME=VALUE, e.g. --param alpha=1.5; got {pair!r}")
-        out[name.strip()] = value.strip()
+    """Activation parameters from repeated ``--param NAME=VALUE``."""
+    out = _pairs(pairs, "--param", "alpha=1.5")
+    for name, value in out.items():
+        if name in _RESERVED:
+            flag = _FLAGS.get(name)
+            hint = f" (use {flag})" if flag else ""
+            raise GainDeriveError(f"--param {name}={value}: {name!r} is an option of the command, not an activation "
+                                  f"parameter{hint}")
     return out
 
 
 def _exact_variance(text: str):
+    """q for the high-precision backend: exact at the working precision, any q > 0 (1e-400 included)."""
     from .moments import check_variance
 
-    return check_variance(str(text))
+    return check_variance(str(text).strip(), exact=True)
 
 
 def _variance(text: str) -> float:
+    """q as a float64; one that float64 cannot hold (1e-400, 1e400) is refused by name, never rounded."""
     from .moments import check_variance
 
+    return float(check_variance(str(text).strip()))
+
+
+def _shown_q(exact: Any, text: str) -> Any:
+    """A high-precision q for the report: the float when float64 holds it, else its decimal text."""
+    value = float(exact)
+    return value if math.isfinite(value) and value >= sys.float_info.min else text
+
+
+def _real(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = text  # check_variance names it in the error
-    return float(check_variance(value))
+        value = math.nan
+    if not math.isfinite(value):
+        raise GainDeriveError(f"{what} must be a finite number; got {text!r}")
+    return value
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _list_count(spec: str, limit_name: str) -> None:
+    """Refuse a q grid beyond its limit before anything is allocated: start:stop:COUNT or a comma list."""
+    from .limits import check_size
+
+    parts = spec.split(":")
+    if len(parts) >= 3:
+        count = _integer(parts[2].strip())
+        if count is not None:
+            check_size(limit_name, count)
+    else:
+        check_size(limit_name, len(spec.split(",")))
+
+
+def _output_path(text: str, what: str, suffixes: Sequence[str] = ()) -> str:
+    """Refuse a bad destination (empty, a directory, a device, ...; see :mod:`gainderive.output`) or extension
+    before any work starts: the write itself checks again."""
+    from .output import check_destination
+
+    check_destination(text, what=what)
+    if suffixes and os.path.splitext(text)[1].lower() not in suffixes:
+        raise GainDeriveError(f"{what} file {text!r}: the format follows the extension; accepted: "
+                              f"{', '.join(suffixes)}")
+    return text
+
+
+# ---------------------------------------------------------------- the parser
+
+_ACTIVATION_HELP = "registry name (see `gainderive list`) or a formula in x, e.g. 'x*sigmoid(1.702*x)'"
+
+
+def _add_param(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
+                   help="activation parameter, repeatable, each name once (e.g. --param alpha=2); default: the "
+                   "registry's values")
+
+
+def _add_quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bar (one is drawn on stderr only when it is a "
+                   "terminal)")
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser and each subcommand's parser (whose prog, e.g. ``gainderive derive``, errors name)."""
     from . import __version__
 
     parser = _Parser(prog="gainderive", description="Weight-initialisation gains for any activation from exact "
-                     "Gaussian moments.")
+                     "Gaussian moments. Every size is bounded (GAINDERIVE_MAX_<NAME> raises a limit); "
+                     "`gainderive COMMAND --help` describes each command.")
     parser.add_argument("--version", action="version", version=f"gainderive {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    commands: dict[str, argparse.ArgumentParser] = {}
 
-    derive = sub.add_parser("derive", help="moments and gains of one activation at one input variance",
-                            description="E[f], E[f^2], E[f'^2], Var f and the gains for z ~ N(0, q).")
-    derive.add_argument("activation", help="registry name (see `gainderive list`) or a formula in x, "
-                        "e.g. 'x*sigmoid(1.702*x)'")
-    derive.add_argument("--variance", "-q", default="1", help="input variance q > 0 (default 1)")
-    derive.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
-                        help="activation parameter, repeatable (e.g. --param alpha=2)")
-    derive.add_argument("--method", choices=("auto", "closed_form", "quadrature"), default="auto",
-                        help="auto (default): verified closed forms where they exist, quadrature otherwise")
-    derive.add_argument("--digits", type=int, help="use mpmath at this many significant digits (5..200)")
-    derive.add_argument("--check", action="store_true", help="cross-check by Monte Carlo; fail beyond 5 SE")
-    derive.add_argument("--samples", type=int, default=None, help="Monte Carlo evaluations (default 2^21)")
-    derive.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (default 0)")
-    derive.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        commands[name] = sub.add_parser(name, **kwargs)
+        return commands[name]
+
+    derive = command("derive", help="moments and gains of one activation at one or several input variances",
+                     description="E[f], E[f^2], E[f'^2], Var f and the gains for z ~ N(0, q); several q (-q 1,100,1e3) "
+                     "give one table with a row per q.")
+    derive.add_argument("activation", help=_ACTIVATION_HELP)
+    derive.add_argument("--variance", "-q", default="1",
+                        help="input variance q > 0, a comma list of them (e.g. 1,100,1e3) or "
+                        "start:stop:count[:log|lin] as for table; default %(default)s")
+    _add_param(derive)
+    derive.add_argument("--method", choices=DERIVE_METHODS, default="auto",
+                        help="auto (verified closed forms where they exist, quadrature otherwise), closed_form, "
+                        "quadrature, high_precision (mpmath; same as --digits "
+                        f"{DEFAULT_HIGH_PRECISION_DIGITS}) or monte_carlo (the sampling of --check, printed as the "
+                        "estimate); default %(default)s")
+    derive.add_argument("--digits", type=_digits, help="mpmath at this many significant digits (5 up to "
+                        "GAINDERIVE_MAX_DIGITS, 200 by default; implies --method high_precision); default: float64")
+    derive.add_argument("--check", action="store_true", help="cross-check by Monte Carlo; exit 1 beyond 5 standard "
+                        "errors")
+    derive.add_argument("--samples", type=_count("samples", minimum=2), default=None,
+                        help="Monte Carlo evaluations for --check or --method monte_carlo; default 2^21")
+    derive.add_argument("--seed", type=_count(minimum=0), default=0, help="Monte Carlo seed >= 0; default %(default)s")
+    derive.add_argument("--json", action="store_true", help="print JSON (a list of reports for several q) instead of "
+                        "a table")
     derive.add_argument("--latex", action="store_true", help="show the closed forms in LaTeX")
-    derive.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(derive)
 
-    tab = sub.add_parser("table", help="moments and gains of activations over a grid of input variances",
-                         description="A lookup table of moments and gains against q, as CSV, JSON or Markdown.")
+    tab = command("table", help="moments and gains of activations over a grid of input variances",
+                  description="A lookup table of moments and gains against q, as CSV, JSON or Markdown.")
     tab.add_argument("activations", nargs="+", metavar="ACT", help="registry names or formulas in x")
     tab.add_argument("--variance", "-q", default="1e-3:1e3:121",
-                     help="start:stop:count[:log|lin] (log spacing by default) or a comma list; default 1e-3:1e3:121")
-    tab.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE", help="activation parameter")
-    tab.add_argument("--format", "-f", default="csv", help="csv (default), json or markdown")
-    tab.add_argument("--method", choices=("auto", "closed_form", "quadrature"), default="auto")
+                     help="start:stop:count[:log|lin] (log spacing by default) or a comma list; at most "
+                     "GAINDERIVE_MAX_GRID q; default %(default)s")
+    _add_param(tab)
+    tab.add_argument("--format", "-f", choices=FORMATS, default="csv", help="output format; default %(default)s")
+    tab.add_argument("--method", choices=TABLE_METHODS, default="auto",
+                     help="auto (verified closed forms where they exist, quadrature otherwise), closed_form or "
+                     "quadrature; default %(default)s")
     tab.add_argument("--output", "-o", help="write to this file (atomically) instead of standard output")
-    tab.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(tab)
 
-    plot = sub.add_parser("plot", help="gain_fan_in and gain_fan_out against q, with PyTorch's table values",
-                          description="Plot the gains against q on a log axis (needs matplotlib: pip install "
-                          "'gainderive[plot]').")
+    plot = command("plot", help="gain_fan_in and gain_fan_out against q (PNG, PDF or SVG)",
+                   description="Plot the gains against q, with PyTorch's table values where it has them; the file's "
+                   "extension (.png, .pdf or .svg) chooses the format. Needs matplotlib.")
     plot.add_argument("activations", nargs="+", metavar="ACT", help="registry names or formulas in x")
-    plot.add_argument("--output", "-o", required=True, help="the PNG file to write")
-    plot.add_argument("--variance", "-q", default="1e-3:1e3:241", help="as for table; default 1e-3:1e3:241")
-    plot.add_argument("--size", default="900x600", help="WIDTHxHEIGHT in pixels (default 900x600)")
+    plot.add_argument("--output", "-o", required=True, help="the file to write: .png, .pdf or .svg")
+    plot.add_argument("--variance", "-q", default="1e-3:1e3:241",
+                      help="as for table, at most GAINDERIVE_MAX_PLOT_POINTS q; default %(default)s")
+    plot.add_argument("--size", default="900x600", help="WIDTHxHEIGHT in pixels, 100..8000 each; default %(default)s")
+    _add_param(plot)
 
-    verify = sub.add_parser("verify", help="check a hand-derived moment or gain",
-                            description="Prove a claimed moment or gain symbolically, or check it at 30 digits; "
-                            "exit 0 if verified, 1 if refuted, 2 for bad input.")
-    verify.add_argument("activation", help="registry name or formula in x")
+    verify = command("verify", help="check a hand-derived moment or gain",
+                     description="Prove a claimed moment or gain symbolically, or check it at 30 digits; "
+                     "exit 0 if verified, 1 if refuted, 2 for bad input.")
+    verify.add_argument("activation", help=_ACTIVATION_HELP)
     target = verify.add_mutually_exclusive_group()
     target.add_argument("--moment", default="second_moment",
-                        help="mean, second_moment (default), derivative_second_moment, variance, or h in f, df, x")
-    target.add_argument("--gain", choices=("fan_in", "fan_out", "variance"), help="check a gain instead")
+                        help="mean, second_moment, derivative_second_moment, variance, or h in f, df and x; "
+                        "default %(default)s")
+    target.add_argument("--gain", choices=("fan_in", "fan_out", "variance"), help="check this gain instead of a moment")
     verify.add_argument("--expected", required=True, help="a number or a formula in q and the parameters")
-    verify.add_argument("--variance", "-q", help="check at this q only (default: a spread of q)")
-    verify.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
-    verify.add_argument("--rtol", type=float, help="relative tolerance (default: 30 digits for formulas, "
-                        "1e-12 for numbers)")
+    verify.add_argument("--variance", "-q", help="check at this q only; default: a spread of q")
+    _add_param(verify)
+    verify.add_argument("--rtol", type=_positive_real, help="relative tolerance; default: 30 digits for formulas, "
+                        "1e-12 for numbers")
 
-    ini = sub.add_parser("init", help="the initialiser for one weight tensor, with framework snippets",
-                         description="std, bound, gain and fans for a weight tensor, and one-line snippets for "
-                         "torch.nn.init, jax.nn.initializers and Keras that use them (none is imported).")
-    ini.add_argument("activation")
+    ini = command("init", help="the initialiser for one weight tensor, with framework snippets",
+                  description="std, bound, gain and fans for a weight tensor, and one-line snippets for "
+                  "torch.nn.init, jax.nn.initializers and Keras that use them (none is imported).")
+    ini.add_argument("activation", help=_ACTIVATION_HELP)
     ini.add_argument("--shape", required=True, help="weight shape, e.g. 64,32,3,3")
-    ini.add_argument("--layout", default="torch", help="torch (out, in, *k; default) or tf (*k, in, out)")
-    ini.add_argument("--mode", default="fan_in", help="fan_in (default), fan_out or fan_avg")
-    ini.add_argument("--distribution", default="normal",
-                     help="normal (default), uniform, truncated_normal, orthogonal, looks_linear, delta_orthogonal")
-    ini.add_argument("--groups", type=int, default=1, help="convolution groups (channels for depthwise)")
-    ini.add_argument("--variance", "-q", default="1", help="input variance q (default 1)")
-    ini.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
+    ini.add_argument("--layout", choices=LAYOUTS, default="torch",
+                     help="torch (out, in, *kernel) or tf (*kernel, in, out); default %(default)s")
+    ini.add_argument("--mode", choices=MODES, default="fan_in", help="which fan the gain divides; default %(default)s")
+    ini.add_argument("--distribution", choices=INIT_DISTRIBUTIONS, default="normal",
+                     help="weight distribution; default %(default)s")
+    ini.add_argument("--groups", type=_count(), default=1, help="convolution groups (channels for depthwise); "
+                     "default %(default)s")
+    ini.add_argument("--variance", "-q", default="1", help="input variance q > 0; default %(default)s")
+    _add_param(ini)
 
-    prop = sub.add_parser("propagate", help="depth check: the signal through a random numpy MLP",
-                          description="Per-layer pre-activation second moment and backward gradient second moment "
-                          "with the derived gain and, where PyTorch has one, its table gain.")
-    prop.add_argument("activation")
-    prop.add_argument("--depth", type=int, default=50)
-    prop.add_argument("--width", type=int, default=512)
-    prop.add_argument("--batch", type=int, default=64)
-    prop.add_argument("--networks", type=int, default=8, help="independent weight draws averaged (default 8)")
-    prop.add_argument("--plot", help="also draw the per-layer curves to this PNG (needs matplotlib)")
+    prop = command("propagate", help="depth check: the signal through a random numpy MLP",
+                   description="Per-layer pre-activation second moment and backward gradient second moment "
+                   "with the derived gain and, where PyTorch has one, its table gain. Sizes are bounded by "
+                   "GAINDERIVE_MAX_DEPTH, _WIDTH, _BATCH, _NETWORKS and _PROPAGATE_WORK.")
+    prop.add_argument("activation", help=_ACTIVATION_HELP)
+    prop.add_argument("--depth", type=_count("depth"), default=50, help="layers; default %(default)s")
+    prop.add_argument("--width", type=_count("width"), default=512, help="units per layer; default %(default)s")
+    prop.add_argument("--batch", type=_count("batch"), default=64, help="inputs per network; default %(default)s")
+    prop.add_argument("--networks", type=_count("networks"), default=8,
+                      help="independent weight draws averaged; default %(default)s")
+    prop.add_argument("--variance", "-q", default="1", help="input variance q > 0; default %(default)s")
+    prop.add_argument("--mode", choices=MODES, default="fan_in", help="which fan the gain divides; default "
+                      "%(default)s")
+    prop.add_argument("--distribution", choices=PROPAGATE_DISTRIBUTIONS, default="normal",
+                      help="weight distribution; default %(default)s")
+    prop.add_argument("--seed", type=_count(minimum=0), default=0, help="random seed >= 0; default %(default)s")
+    prop.add_argument("--plot", help="also draw the per-layer curves to this file (.png, .pdf or .svg; needs "
+                      "matplotlib)")
+    _add_param(prop)
+    _add_quiet(prop)
 
-    solve = sub.add_parser("solve", help="activation parameters that meet moment constraints",
-                           description="Solve for parameters, e.g. SELU's: gainderive solve "
-                           "'scale*where(x > 0, x, alpha*(exp(x) - 1))' --unknown alpha --unknown scale "
-                           "--constraint mean=0 --constraint second_moment=1")
-    solve.add_argument("formula")
-    solve.add_argument("--unknown", action="append", default=[], metavar="NAME[=GUESS]", required=True)
-    solve.add_argument("--constraint", action="append", default=[], metavar="MOMENT=VALUE", required=True)
-    solve.add_argument("--variance", "-q", default="1")
-    solve.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
-    solve.add_argument("--json", action="store_true")
+    solve = command("solve", help="activation parameters that meet moment constraints",
+                    description="Solve for parameters, e.g. SELU's: gainderive solve "
+                    "'scale*where(x > 0, x, alpha*(exp(x) - 1))' --unknown alpha --unknown scale "
+                    "--constraint mean=0 --constraint second_moment=1")
+    solve.add_argument("formula", help="a formula in x and the unknowns")
+    solve.add_argument("--unknown", action="append", default=[], metavar="NAME[=GUESS]", required=True,
+                       help="a parameter to solve for, with a starting guess (default 1); repeatable, each once")
+    solve.add_argument("--constraint", action="append", default=[], metavar="MOMENT=VALUE", required=True,
+                       help="e.g. mean=0 or second_moment=1; repeatable, each moment once")
+    solve.add_argument("--variance", "-q", default="1", help="input variance q > 0; default %(default)s")
+    _add_param(solve)
+    solve.add_argument("--json", action="store_true", help="print JSON instead of NAME = VALUE lines")
 
-    crit = sub.add_parser("critical", help="the edge of chaos: sigma_w^2 with chi_1 = 1 for given sigma_b^2",
-                          description="Mean-field criticality (Schoenholz et al. 2017): for a bias variance, the "
-                          "weight variance at which chi_1 = sigma_w^2 E[f'(z)^2] = 1 at the fixed point q*, with "
-                          "depth scales and isometry diagnostics; --line tabulates, --plot draws the line.")
-    crit.add_argument("activation")
-    crit.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0 (default 0)")
+    crit = command("critical", help="the edge of chaos: sigma_w^2 with chi_1 = 1 for given sigma_b^2",
+                   description="Mean-field criticality (Schoenholz et al. 2017): for a bias variance, the "
+                   "weight variance at which chi_1 = sigma_w^2 E[f'(z)^2] = 1 at the fixed point q*, with "
+                   "depth scales and isometry diagnostics; --line tabulates, --plot draws the line.")
+    crit.add_argument("activation", help=_ACTIVATION_HELP)
+    crit.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0; default %(default)s")
     crit.add_argument("--line", metavar="SPEC", help="the critical line over sigma_b^2 = start:stop:count "
-                      "(linear) or a comma list, e.g. 0:0.5:11")
-    crit.add_argument("--depth", type=int, default=50, help="depth L of the isometry diagnostics (default 50)")
-    crit.add_argument("--plot", help="draw the critical line to this PNG (needs matplotlib)")
-    crit.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
-    crit.add_argument("--json", action="store_true")
+                      "(linear, 2..10000 points) or a comma list, e.g. 0:0.5:11")
+    crit.add_argument("--depth", type=_count("depth"), default=50,
+                      help="depth L of the isometry diagnostics; default %(default)s")
+    crit.add_argument("--plot", help="draw the critical line to this file (.png, .pdf or .svg; needs matplotlib)")
+    _add_param(crit)
+    crit.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    field = sub.add_parser("meanfield", help="fixed point, chi_1, c*, chi_c, depth scales at given sigma_w^2, "
-                           "sigma_b^2", description="Mean-field signal propagation (Poole et al. 2016; Schoenholz et "
-                           "al. 2017; Pennington et al. 2017) for one (sigma_w^2, sigma_b^2).")
-    field.add_argument("activation")
+    field = command("meanfield", help="fixed point, chi_1, c*, chi_c, depth scales at given sigma_w^2, sigma_b^2",
+                    description="Mean-field signal propagation (Poole et al. 2016; Schoenholz et al. 2017; "
+                    "Pennington et al. 2017) for one (sigma_w^2, sigma_b^2).")
+    field.add_argument("activation", help=_ACTIVATION_HELP)
     field.add_argument("--weight-variance", "-w", required=True, help="sigma_w^2 > 0")
-    field.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0 (default 0)")
-    field.add_argument("--depth", type=int, default=50, help="depth L of the isometry diagnostics (default 50)")
-    field.add_argument("--variance", "-q", help="use this q instead of solving for q* (where every q is fixed)")
-    field.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
-    field.add_argument("--json", action="store_true")
+    field.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0; default %(default)s")
+    field.add_argument("--depth", type=_count("depth"), default=50,
+                       help="depth L of the isometry diagnostics; default %(default)s")
+    field.add_argument("--variance", "-q", help="use this q instead of solving for q*; default: solve for q*")
+    _add_param(field)
+    field.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    kern = sub.add_parser("kernel", help="the correlation kernel E[f(u) f(v)] of a bivariate Gaussian",
-                          description="E[f(u) f(v)] (or E[f'(u) f'(v)] with --derivative) for Gaussian (u, v) with "
-                          "variances q1, q2 and correlation c: closed forms for relu, leaky_relu, prelu, abs, erf, "
-                          "sin, identity and gelu; kink-aware 2-D quadrature otherwise.")
-    kern.add_argument("activation")
-    kern.add_argument("--correlation", "-c", required=True, help="c in [-1, 1], or a comma list")
-    kern.add_argument("--variance", "-q", default="1", help="q1, or q1,q2 (default 1)")
+    kern = command("kernel", help="the correlation kernel E[f(u) f(v)] of a bivariate Gaussian",
+                   description="E[f(u) f(v)] (or E[f'(u) f'(v)] with --derivative) for Gaussian (u, v) with "
+                   "variances q1, q2 and correlation c: closed forms for relu, leaky_relu, prelu, abs, erf, "
+                   "sin, identity and gelu; kink-aware 2-D quadrature otherwise.")
+    kern.add_argument("activation", help=_ACTIVATION_HELP)
+    kern.add_argument("--correlation", "-c", required=True,
+                      help="c in [-1, 1], a comma list, or start:stop:count (linear); at most "
+                      "GAINDERIVE_MAX_CORRELATIONS values")
+    kern.add_argument("--variance", "-q", default="1", help="q1, or q1,q2; default %(default)s")
     kern.add_argument("--derivative", action="store_true", help="the kernel of f' instead of f")
-    kern.add_argument("--method", default="auto", help="auto (default), closed_form, quadrature, high_precision")
-    kern.add_argument("--digits", type=int, help="digits for --method high_precision (default 30)")
-    kern.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE")
-    kern.add_argument("--json", action="store_true")
+    kern.add_argument("--method", choices=KERNEL_METHODS, default="auto",
+                      help="auto (a verified closed form where one exists, quadrature otherwise), closed_form, "
+                      "quadrature or high_precision; default %(default)s")
+    kern.add_argument("--digits", type=_digits, help="digits for high precision (5 up to GAINDERIVE_MAX_DIGITS, "
+                      "200 by default; implies --method high_precision); default "
+                      f"{DEFAULT_HIGH_PRECISION_DIGITS} with --method high_precision")
+    _add_param(kern)
+    kern.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_quiet(kern)
 
-    listing = sub.add_parser("list", help="the registry of named activations",
-                             description="Registry names, formulas, parameters and references.")
+    listing = command("list", help="the registry of named activations",
+                      description="Registry names, formulas, parameters and references.")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return parser
+    return parser, commands
 
+
+# ---------------------------------------------------------------- derive
 
 def _number(value: Any, digits: int | None) -> Any:
     """A float, or the value printed to ``digits`` digits; an infinite moment is the string "inf" (valid JSON)."""
+    if digits is None:  # float64: no mpmath needed (a table of a million q calls this eight million times)
+        value = float(value)
+        return ("inf" if value > 0 else "-inf") if math.isinf(value) else value
     import mpmath as mp
 
     if mp.isinf(value):
         return "inf" if value > 0 else "-inf"
-    if digits is None:
-        return float(value)
     with mp.workdps(digits + 5):  # mp.mpf() rounds to the working precision: widen it first
         return mp.nstr(mp.mpf(value), digits, strip_zeros=False, min_fixed=-5, max_fixed=digits + 1)
 
@@ -216,69 +451,126 @@ def _error(value: Any, digits: int | None) -> Any:
     return float(value) if digits is None else mp.nstr(mp.mpf(value), 3)
 
 
+def _derive_method(args: argparse.Namespace) -> tuple[str, int | None]:
+    """The backend and the mpmath digits (None for float64) that --method, --digits, --check and --samples ask for."""
+    method, digits = args.method, args.digits
+    if digits is not None:
+        if method not in ("auto", "high_precision"):
+            raise GainDeriveError(f"--digits applies to --method high_precision (or auto), not --method {method}")
+        method = "high_precision"
+    elif method == "high_precision":
+        digits = DEFAULT_HIGH_PRECISION_DIGITS
+    if args.samples is not None and not (args.check or method == "monte_carlo"):
+        raise GainDeriveError("--samples applies to the Monte Carlo check or estimate; add --check or --method "
+                              "monte_carlo")
+    if args.check and method == "monte_carlo":
+        raise GainDeriveError("--check compares with Monte Carlo, which --method monte_carlo already is; drop one")
+    return method, digits
+
+
+def _slice(estimates, i: int | None) -> list:
+    """(name, Estimate) pairs of moments or gains, at the i-th q of a vectorised result (``i`` None: all of it)."""
+    from .estimate import Estimate
+
+    return [(name, e if i is None else Estimate(e.value[i], e.error[i], e.method)) for name, e in estimates]
+
+
 def _derive(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .gains import gains
+    from .limits import check_size
     from .moments import moments
     from .progress import progress_bar
 
     params = _params(args.param)
-    # at --digits q is exact at the working precision, so any q > 0 is accepted (1e-310 included)
-    q = _variance(args.variance) if args.digits is None else float(_exact_variance(args.variance))
-    if args.digits is not None and not 5 <= args.digits <= 200:
-        raise GainDeriveError(f"--digits takes 5..200, got {args.digits}")
-    if args.samples is not None and not args.check:
-        raise GainDeriveError("--samples applies to the Monte Carlo check; add --check")
-    if args.digits is not None:
-        m = moments(args.activation, args.variance, "high_precision", digits=args.digits, **params)
+    method, digits = _derive_method(args)
+    if ":" in args.variance:  # a grid, as for table
+        from .tables import parse_variance_spec
+
+        _list_count(args.variance, "grid")
+        qs = [float(q) for q in parse_variance_spec(args.variance)]  # validated there: finite and > 0
+        texts = [repr(q) for q in qs]
     else:
-        m = moments(args.activation, q, args.method, **params)
-    g = gains(m)
-    act = m.activation
-    forms = m.closed_forms
-    if not forms and args.method != "quadrature":  # high precision does not choose per moment; show them anyway
+        texts = [t.strip() for t in str(args.variance).split(",")]
+        check_size("grid", len(texts))
+        # at --digits q is exact at the working precision, so any q > 0 is accepted (1e-310 included)
+        qs = [_shown_q(_exact_variance(t), t) if digits is not None else _variance(t) for t in texts]
+    several = len(qs) > 1
+    runs = []  # per q: (moments, gains) as (name, Estimate) pairs
+    if digits is not None:  # mpmath takes one q at a time, each exact from its decimal string
+        with progress_bar("high precision", enabled=not args.quiet and several) as bar:
+            for k, text in enumerate(texts):
+                m = moments(args.activation, text, "high_precision", digits=digits, **params)
+                runs.append((_slice(m, None), _slice(gains(m, strict=False), None)))
+                if k == 0:
+                    first = m
+                if bar is not None:
+                    bar(k + 1, len(texts))
+    else:
+        with progress_bar("Monte Carlo", enabled=not args.quiet and method == "monte_carlo") as bar:
+            extra = {"samples": args.samples, "seed": args.seed, "progress": bar} if method == "monte_carlo" else {}
+            first = moments(args.activation, np.array(qs) if several else qs[0], method, **extra, **params)
+        g = gains(first, strict=False)
+        runs = [(_slice(first, k if several else None), _slice(g, k if several else None)) for k in range(len(qs))]
+    act = first.activation
+    forms = first.closed_forms
+    if not forms and method not in ("quadrature", "monte_carlo"):  # high precision does not choose per moment
         from .closed_form import closed_forms
 
         forms = closed_forms(act)
     notes = {}
-    if args.method != "quadrature" and "_closed_forms" not in act.__dict__:  # the registry cache holds verified forms
-        from .closed_form import verdicts
+    if method not in ("quadrature", "monte_carlo") and "_closed_forms" not in act.__dict__:
+        from .closed_form import verdicts  # the registry cache holds verified forms; a formula's are derived here
 
-        notes = {name: v.reason for name, v in verdicts(act).items() if v.status in ("rejected", "preferred")}
-    report: dict[str, Any] = {
-        "activation": act.name,
-        "formula": act.formula,
-        "params": act.parameter_values,
-        "variance": q,
-        "moments": {name: {"value": _number(e.value, args.digits), "error": _error(e.error, args.digits),
-                           "method": e.method,
-                           "closed_form": forms[name].text if forms.get(name) else None,
-                           "latex": forms[name].latex if forms.get(name) else None,
-                           "closed_form_note": notes.get(name)} for name, e in m},
-        "gains": {name: _number(e.value, args.digits) for name, e in g},
-    }
-    check = None
+        notes = {name: v.reason for name, v in verdicts(act).items()
+                 if v.status in ("rejected", "preferred", "skipped")}
+    reports = []
+    for q, (at, g) in zip(qs, runs):
+        reports.append({
+            "activation": act.name,
+            "formula": act.formula,
+            "params": act.parameter_values,
+            "variance": q,
+            "moments": {name: {"value": _number(e.value, digits), "error": _error(e.error, digits),
+                               "method": e.method,
+                               "closed_form": forms[name].text if forms.get(name) else None,
+                               "latex": forms[name].latex if forms.get(name) else None,
+                               "closed_form_note": notes.get(name)} for name, e in at},
+            "gains": {name: None if e.method.startswith("undefined: ") else _number(e.value, digits)
+                      for name, e in g},
+        })
+        undefined = {name: e.method.removeprefix("undefined: ") for name, e in g if e.method.startswith("undefined: ")}
+        if undefined:  # a gain that does not exist (its moment is 0): null in "gains", the reason here
+            reports[-1]["gain_notes"] = undefined
+    checks = []
     if args.check:
         with progress_bar("Monte Carlo", enabled=not args.quiet) as bar:
-            mc = moments(args.activation, q, "monte_carlo", samples=args.samples, seed=args.seed, progress=bar,
-                         **params)
-        check = _compare(m, mc, args)
-        report["monte_carlo"] = check
+            mc = moments(args.activation, np.array(qs) if several else qs[0], "monte_carlo", samples=args.samples,
+                         seed=args.seed, progress=bar, **params)
+        for k, (report, (at, _)) in enumerate(zip(reports, runs)):
+            report["monte_carlo"] = _compare(at, _slice(mc, k if several else None), args)
+            checks.append(report["monte_carlo"])
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(reports if several else reports[0], indent=2))
+    elif several:
+        print(_many_q_table(reports, act, latex=args.latex, method=method))
     else:
-        print(_table(report, act, m, g, latex=args.latex))
-    if check is not None and not check["passed"]:
-        worst = max(check["moments"].items(), key=lambda kv: abs(kv[1]["z_score"]))
+        print(_table(reports[0], act, latex=args.latex, method=method))
+    failed = [(report, check) for report, check in zip(reports, checks) if not check["passed"]]
+    if failed:
+        report, check = max(failed, key=lambda rc: rc[1]["max_abs_z"])
+        name, worst = max(check["moments"].items(), key=lambda kv: abs(kv[1]["z_score"]))
+        at_q = f" at q = {_q_text(report['variance'])}" if several else ""
         raise CheckError(
-            f"Monte Carlo disagrees with {m.mean.method} on {worst[0]} by {worst[1]['z_score']:+.2f} standard "
-            f"errors (limit {CHECK_LIMIT:g}); one of the two methods is wrong for this activation"
+            f"Monte Carlo disagrees with {report['moments'][name]['method']} on {name}{at_q} by "
+            f"{worst['z_score']:+.2f} standard errors (limit {CHECK_LIMIT:g}); one of the two methods is wrong for "
+            "this activation"
         )
     return 0
 
 
 def _compare(m, mc, args) -> dict[str, Any]:
-    import math
-
     out: dict[str, Any] = {"samples": 2 * (args.samples or _default_samples()) // 2, "seed": args.seed, "moments": {}}
     for (name, exact), (_, sampled) in zip(m, mc):
         if math.isinf(float(exact.value)):  # infinite (f jumps, or f' is singular): nothing to sample
@@ -299,17 +591,62 @@ def _default_samples() -> int:
     return DEFAULT_SAMPLES
 
 
-def _table(report: dict[str, Any], act, m, g, *, latex: bool = False) -> str:
+def _header(report: dict[str, Any], act, q_text: str) -> list[str]:
+    """The activation's name, q, formula, parameters, reference and where it is not smooth."""
     params = "  ".join(f"{k}={v:g}" for k, v in report["params"].items())
-    lines = [f"{act.name}   q = {report['variance']:g}"]
+    lines = [f"{act.name}   {q_text}"]
     if act.formula != act.name:
         lines.append(f"  f(x) = {act.formula}" + (f"   {params}" if params else ""))
     elif params:
         lines.append(f"  {params}")
     if act.reference and act.reference != "user formula":
         lines.append(f"  reference: {act.reference}")
-    cuts = ", ".join(f"{b:g}" for b in act.breakpoints)
-    lines.append(f"  breakpoints: {cuts or 'none (smooth)'}")
+    lines.append(f"  {_kinks(act, report)}")
+    return lines
+
+
+def _kinks(act, report: dict[str, Any]) -> str:
+    """Where f is not smooth: its kinks (f' jumps) and jumps (f jumps), or "none (smooth)"."""
+    points = list(act.breakpoints)
+    if not points:
+        return "kinks: none (smooth)"
+    jumps: list[float] = []
+    if report["moments"]["derivative_second_moment"]["value"] == "inf":  # only then can f itself jump
+        jumps = [float(j.at) for j in act.jumps]
+    kinks = [b for b in points if b not in jumps]
+    parts = []
+    if kinks:
+        parts.append("kinks at x = " + ", ".join(f"{b:g}" for b in kinks))
+    if jumps:
+        parts.append("jumps at x = " + ", ".join(f"{b:g}" for b in jumps))
+    return "; ".join(parts)
+
+
+def _closed_form_lines(report: dict[str, Any], *, latex: bool, method: str = "auto") -> list[str]:
+    if method in ("quadrature", "monte_carlo"):
+        return [f"  closed forms: not used (--method {method})"]
+    lines = []
+    key = "latex" if latex else "closed_form"
+    if any(entry[key] or entry["closed_form_note"] for entry in report["moments"].values()):
+        note = "; \\Phi is the standard normal CDF" if latex else ""
+        lines.append(f"  closed forms (each verified against quadrature before it is shown{note}):")
+        for name, entry in report["moments"].items():
+            shown = entry[key] or ("∞ (" + entry["method"].removeprefix("infinite: ") + ")" if entry["value"] == "inf"
+                                   else "none: this moment is computed by quadrature")
+            note_text = entry["closed_form_note"]
+            if not entry[key] and note_text:
+                skipped = note_text.startswith("closed form skipped")
+                shown = note_text if skipped else f"derived but dropped: {note_text}"
+            lines.append(f"  {_LABELS[name]:<12}= {shown}")
+            if entry[key] and entry["closed_form_note"]:
+                lines.append(f"  {'':<12}  ({entry['closed_form_note']})")
+    else:
+        lines.append("  closed forms: none for this activation (outside the rule-based class); quadrature is used")
+    return lines
+
+
+def _table(report: dict[str, Any], act, *, latex: bool = False, method: str = "auto") -> str:
+    lines = _header(report, act, f"q = {_q_text(report['variance'])}")
     lines.append("")
     lines.append(f"  {'moment':<12}{'value':>26}  {'error':>9}  method")
     for name, entry in report["moments"].items():
@@ -318,20 +655,7 @@ def _table(report: dict[str, Any], act, m, g, *, latex: bool = False) -> str:
             error = ""
         lines.append(f"  {_LABELS[name]:<12}{value:>26}  {error:>9}  {entry['method']}")
     lines.append("")
-    key = "latex" if latex else "closed_form"
-    if any(entry[key] or entry["closed_form_note"] for entry in report["moments"].values()):
-        note = "; \\Phi is the standard normal CDF" if latex else ""
-        lines.append(f"  closed forms (each verified against quadrature before it is shown{note}):")
-        for name, entry in report["moments"].items():
-            shown = entry[key] or ("∞ (" + entry["method"].removeprefix("infinite: ") + ")" if entry["value"] == "inf"
-                                   else "none: this moment is computed by quadrature")
-            if not entry[key] and entry["closed_form_note"]:
-                shown = f"derived but dropped: {entry['closed_form_note']}"
-            lines.append(f"  {_LABELS[name]:<12}= {shown}")
-            if entry[key] and entry["closed_form_note"]:
-                lines.append(f"  {'':<12}  ({entry['closed_form_note']})")
-    else:
-        lines.append("  closed forms: none for this activation (outside the rule-based class); quadrature is used")
+    lines.extend(_closed_form_lines(report, latex=latex, method=method))
     lines.append("")
     lines.append(f"  {'gain':<12}{'value':>26}  std = gain / sqrt(fan)")
     infinite = report["moments"]["derivative_second_moment"]["value"] == "inf"
@@ -339,6 +663,8 @@ def _table(report: dict[str, Any], act, m, g, *, latex: bool = False) -> str:
         note = _GAIN_NOTES[name]
         if name == "fan_out" and infinite:
             note = "1 / sqrt(E[f'^2]) = 0: E[f'^2] is infinite, no scale preserves the backward signal"
+        if value is None:
+            value, note = "undefined", report["gain_notes"][name]  # only present when a gain is undefined
         lines.append(f"  {name:<12}{_fmt(value):>26}  {note}")
     if "monte_carlo" in report:
         mc = report["monte_carlo"]
@@ -352,6 +678,48 @@ def _table(report: dict[str, Any], act, m, g, *, latex: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _many_q_table(reports: list[dict[str, Any]], act, *, latex: bool = False, method: str = "auto") -> str:
+    """Several q in one table: a row per q, a column per moment (with its error) and per gain."""
+    first = reports[0]
+    lines = _header(first, act, f"{len(reports)} input variances q")
+    lines.append("")
+    header = ["q"]
+    for name in first["moments"]:
+        header += [_LABELS[name], "error"]
+    header += [f"gain {name}" for name in first["gains"]]
+    rows = []
+    for report in reports:
+        row = [_q_text(report["variance"])]
+        for entry in report["moments"].values():
+            row += [_fmt(entry["value"]), "" if entry["value"] in ("inf", "-inf") else _fmt_err(entry["error"])]
+        row += [_fmt("undefined" if value is None else value) for value in report["gains"].values()]
+        if "monte_carlo" in report:
+            mc = report["monte_carlo"]
+            row.append(f"{mc['max_abs_z']:.2f}" + ("" if mc["passed"] else " DISAGREES"))
+        rows.append(row)
+    if "monte_carlo" in first:
+        header.append("MC max |z|")
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+    lines.append("")
+    methods = {name: sorted({r["moments"][name]["method"] for r in reports}) for name in first["moments"]}
+    lines.append("  methods: " + "; ".join(f"{_LABELS[name]} {', '.join(m)}" for name, m in methods.items()))
+    lines.append("  gains: std = gain / sqrt(fan); " + "; ".join(f"{name} = {note.split('  ')[0]}"
+                                                                 for name, note in _GAIN_NOTES.items()))
+    if "monte_carlo" in first:
+        mc = first["monte_carlo"]
+        lines.append(f"  Monte Carlo check: {mc['samples']:,} samples per q, seed {mc['seed']} (antithetic pairs); "
+                     f"limit {CHECK_LIMIT:g} standard errors")
+    lines.append("")
+    lines.extend(_closed_form_lines(first, latex=latex, method=method))
+    return "\n".join(lines)
+
+
+def _q_text(q: Any) -> str:
+    return q if isinstance(q, str) else f"{q:g}"
+
+
 def _fmt(value: Any) -> str:
     if value in ("inf", "-inf"):
         return value.replace("inf", "∞")
@@ -362,43 +730,57 @@ def _fmt_err(value: Any) -> str:
     return value if isinstance(value, str) else f"{value:.2g}"
 
 
-def _table_command(args: argparse.Namespace) -> int:
-    from .progress import progress_bar
-    from .tables import parse_variance_spec, table, write_atomic
+# ---------------------------------------------------------------- table, plot, verify, init, propagate, solve
 
-    formats = ("csv", "json", "markdown")
-    if args.format not in formats:
-        raise GainDeriveError(f"unknown format {args.format!r}; accepted: {', '.join(formats)}")
+def _table_command(args: argparse.Namespace) -> int:
+    from .output import write_atomic
+    from .progress import progress_bar
+    from .tables import parse_variance_spec, table, write_tables
+
+    if args.output is not None:
+        _output_path(args.output, "table")
+    _list_count(args.variance, "grid")
     q = parse_variance_spec(args.variance)
     params = _params(args.param)
-    tables = []
-    with progress_bar("tables", enabled=not args.quiet) as bar:
-        for done, name in enumerate(args.activations, 1):
-            tables.append(table(name, q, method=args.method, **params))
-            if bar is not None:
-                bar(done, len(args.activations))
-    if args.format == "csv":
-        text = "\n".join(t.to_csv() for t in tables)
-    elif args.format == "json":
-        payload = [t.to_json() for t in tables]
-        text = json.dumps(payload[0] if len(payload) == 1 else payload, indent=1) + "\n"
-    else:
-        text = "\n".join(t.to_markdown() for t in tables)
+    n = len(args.activations)
+
+    def emit(stream) -> None:
+        # tables are computed as they are written, one at a time: memory holds one table, never the whole text
+        with progress_bar("tables", enabled=not args.quiet) as bar:
+            def tables():
+                for k, name in enumerate(args.activations):
+                    # one bar over all activations: activation k's chunk progress fills the k-th of n equal parts
+                    step = None if bar is None else (
+                        lambda done, total, k=k: bar(k * 1000 + (1000 * done) // max(total, 1), n * 1000))
+                    yield table(name, q, method=args.method, progress=step, **params)
+
+            write_tables(stream, tables(), args.format, as_list=n > 1, indent=1)
+
     if args.output:
-        write_atomic(args.output, text)
+        write_atomic(args.output, emit, what="table")
     else:
-        sys.stdout.write(text)
+        emit(sys.stdout)
     return 0
 
 
-def _plot_command(args: argparse.Namespace) -> int:
-    from .plot import plot_gains
-
+def _plot_size(text: str) -> tuple[int, int]:
     try:
-        width, height = (int(v) for v in args.size.lower().split("x"))
+        width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise GainDeriveError(f"--size takes WIDTHxHEIGHT in pixels, e.g. 900x600; got {args.size!r}") from None
-    plot_gains(args.activations, args.output, variance=args.variance, size=(width, height))
+        raise GainDeriveError(f"--size takes WIDTHxHEIGHT in pixels, e.g. 900x600; got {text!r}") from None
+    if not (100 <= width <= 8000 and 100 <= height <= 8000):
+        raise GainDeriveError(f"--size {text}: accepted 100..8000 pixels per side")
+    return width, height
+
+
+def _plot_command(args: argparse.Namespace) -> int:
+    _output_path(args.output, "plot", PLOT_FORMATS)
+    size = _plot_size(args.size)
+    _list_count(args.variance, "plot_points")
+    params = _params(args.param)
+    from .plotting import plot_gains
+
+    plot_gains(args.activations, args.output, variance=args.variance, size=size, params=params or None)
     return 0
 
 
@@ -413,17 +795,19 @@ def _verify_command(args: argparse.Namespace) -> int:
     variance = args.variance
     if variance is not None:
         _variance(variance)  # validates: one line, exit 2
+    what = f"gain_{args.gain}" if args.gain else args.moment
     try:
         if args.gain:
             result = assert_gain(args.activation, expected, mode=args.gain, variance=variance, params=params,
                                  rtol=args.rtol)
-            what = f"gain_{args.gain}"
         else:
             result = assert_moment(args.activation, args.moment, expected, variance=variance, params=params,
                                    rtol=args.rtol)
-            what = args.moment
     except DerivationError as exc:
-        print(f"refuted: {exc}")
+        first, _, rest = str(exc).partition("\n")
+        print(f"refuted: {first}" + (f"\n{rest}" if rest else ""))
+        print(f"gainderive: check failed: {what} of {args.activation} = {args.expected} is refuted (the comparison "
+              "is on standard output)", file=sys.stderr)
         return 1
     how = ("proved equal to the derived closed form" if result.how == "symbolic"
            else f"agrees numerically at {result.points} point(s)"
@@ -452,15 +836,25 @@ def _init_command(args: argparse.Namespace) -> int:
 
 
 def _propagate_command(args: argparse.Namespace) -> int:
-    from .plot import PYTORCH_GAINS
+    from .plotting import PYTORCH_GAINS
+    from .progress import progress_bar
     from .propagate import propagate
 
-    runs = {"derived": propagate(args.activation, depth=args.depth, width=args.width, batch=args.batch,
-                                 networks=args.networks)}
-    if args.activation in PYTORCH_GAINS:
-        runs["torch table"] = propagate(args.activation, gain=PYTORCH_GAINS[args.activation], depth=args.depth,
-                                        width=args.width, batch=args.batch, networks=args.networks)
-    print(f"{args.activation}: {args.depth} layers of width {args.width}, {args.networks} networks averaged")
+    if args.plot:
+        _output_path(args.plot, "plot", PLOT_FORMATS)
+    params = _params(args.param)
+    q = _variance(args.variance)
+    gains: dict[str, float | None] = {"derived": None}
+    if args.activation in PYTORCH_GAINS and not params:  # PyTorch's table has the default parameters only
+        gains["torch table"] = PYTORCH_GAINS[args.activation]
+    runs = {}
+    for label, gain in gains.items():
+        with progress_bar(f"propagate ({label} gain)", enabled=not args.quiet) as bar:
+            runs[label] = propagate(args.activation, gain=gain, depth=args.depth, width=args.width, batch=args.batch,
+                                    networks=args.networks, variance=q, seed=args.seed, mode=args.mode,
+                                    distribution=args.distribution, progress=bar, **params)
+    print(f"{args.activation}: {args.depth} layers of width {args.width}, {args.networks} networks averaged "
+          f"(q = {q:g}, {args.mode}, {args.distribution} weights, seed {args.seed})")
     for label, run in runs.items():
         print(f"  {label:<12} gain {run.gain:.6g}: E[x^2] last/first {run.forward_drift:.4g} "
               f"(range {run.forward.min():.4g}..{run.forward.max():.4g}), gradient first/last {run.backward_drift:.4g}")
@@ -470,7 +864,7 @@ def _propagate_command(args: argparse.Namespace) -> int:
         cells = "".join(f"  {run.forward[layer]:>20.6g}  {run.backward[layer]:>20.6g}" for run in runs.values())
         print(f"  {layer:>5}{cells}")
     if args.plot:
-        from .plot import plot_propagation
+        from .plotting import plot_propagation
 
         plot_propagation(args.activation, runs, args.plot)
     return 0
@@ -482,46 +876,53 @@ def _solve_command(args: argparse.Namespace) -> int:
     unknowns = {}
     for item in args.unknown:
         name, _, guess = item.partition("=")
+        name = name.strip()
+        if name in unknowns:
+            raise GainDeriveError(f"--unknown {name} is given twice; give each unknown once")
         try:
-            unknowns[name.strip()] = float(guess) if guess else 1.0
+            unknowns[name] = float(guess) if guess else 1.0
         except ValueError:
             raise GainDeriveError(f"--unknown takes NAME or NAME=GUESS; got {item!r}") from None
     constraints = {}
-    for item in args.constraint:
-        name, _, value = item.partition("=")
+    for name, value in _pairs(args.constraint, "--constraint", "mean=0").items():
         try:
-            constraints[name.strip()] = float(value)
+            constraints[name] = float(value)
         except ValueError:
-            raise GainDeriveError(f"--constraint takes MOMENT=VALUE, e.g. mean=0; got {item!r}") from None
-    solution = solve_parameters(args.formula, unknowns, constraints, variance=_variance(args.variance),
-                                **_params(args.param))
+            raise GainDeriveError(f"--constraint takes MOMENT=VALUE, e.g. mean=0; got {name}={value!r}") from None
+    q = _variance(args.variance)
+    solution = solve_parameters(args.formula, unknowns, constraints, variance=q, **_params(args.param))
     if args.json:
-        print(json.dumps({"formula": args.formula, "variance": _variance(args.variance), "solution": solution}))
+        print(json.dumps({"formula": args.formula, "variance": q, "solution": solution}))
     else:
         for name, value in solution.items():
             print(f"{name} = {value!r}")
     return 0
 
 
-def _real(text: str, what: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise GainDeriveError(f"{what} must be a number; got {text!r}") from None
+# ---------------------------------------------------------------- mean field and kernels
 
+def _linear_spec(spec: str, what: str, limit_name: str | None = None) -> list[float]:
+    """start:stop:count (linear, count >= 2) or a comma list of numbers: at most 10000 values, or the limit
+    ``limit_name`` of :mod:`gainderive.limits` when one is named."""
+    from .limits import check_size
 
-def _linear_spec(spec: str, what: str) -> list[float]:
-    """start:stop:count (linear, count >= 2) or a comma list of numbers."""
+    def bound(count: int) -> None:
+        if limit_name is not None:
+            check_size(limit_name, count)
+        elif count > 10_000:
+            raise GainDeriveError(f"{what} takes at most 10000 values; got {count:,}")
+
     if ":" in spec:
         parts = spec.split(":")
-        try:
-            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-        except (ValueError, IndexError):
-            raise GainDeriveError(f"{what} takes start:stop:count or a comma list; got {spec!r}") from None
-        if len(parts) != 3 or count < 2 or count > 10_000:
-            raise GainDeriveError(f"{what} takes start:stop:count with 2 <= count <= 10000; got {spec!r}")
+        count = _integer(parts[2].strip()) if len(parts) == 3 else None
+        if count is None or count < 2:
+            raise GainDeriveError(f"{what} takes start:stop:count (linear, count >= 2) or a comma list; got {spec!r}")
+        bound(count)
+        start, stop = _real(parts[0], what), _real(parts[1], what)
         return [start + (stop - start) * k / (count - 1) for k in range(count)]
-    return [_real(v, what) for v in spec.split(",")]
+    values = spec.split(",")
+    bound(len(values))
+    return [_real(v, what) for v in values]
 
 
 def _isometry_lines(iso) -> list[str]:
@@ -533,11 +934,15 @@ def _isometry_lines(iso) -> list[str]:
 
 def _critical_command(args: argparse.Namespace) -> int:
     from .meanfield import critical_line, edge_of_chaos, isometry
+    from .progress import progress_bar
 
     params = _params(args.param)
+    if args.plot:
+        _output_path(args.plot, "plot", PLOT_FORMATS)
     line = None
     if args.line:
-        points = line = critical_line(args.activation, _linear_spec(args.line, "--line"), **params)
+        with progress_bar("critical line", enabled=not args.json) as bar:
+            points = line = critical_line(args.activation, _linear_spec(args.line, "--line"), progress=bar, **params)
         rows = [{"bias_variance": p.bias_variance, "weight_variance": p.weight_variance, "fixed_point": p.variance,
                  "slope": p.slope} for p in points]
         if args.json:
@@ -574,7 +979,7 @@ def _critical_command(args: argparse.Namespace) -> int:
                 print(f"  V'(q*)    = {point.slope:.12g} ({stable}; depth scale xi_q = {point.depth_scale:.6g})")
             print("\n".join(_isometry_lines(iso)))
     if args.plot:
-        from .plot import plot_critical_line
+        from .plotting import plot_critical_line
 
         if line is None:  # without --line: sigma_b^2 over [0, 0.5]
             line = critical_line(args.activation, [0.5 * k / 40 for k in range(41)], **params)
@@ -608,29 +1013,42 @@ def _meanfield_command(args: argparse.Namespace) -> int:
 
 def _kernel_command(args: argparse.Namespace) -> int:
     from .correlation import kernel
+    from .progress import progress_bar
 
     qs = [_variance(v) for v in args.variance.split(",")]
     if len(qs) > 2:
         raise GainDeriveError(f"--variance takes q1 or q1,q2; got {args.variance!r}")
-    cs = [_real(c, "--correlation") for c in args.correlation.split(",")]
+    cs = _linear_spec(args.correlation, "--correlation", "correlations")
     params = _params(args.param)
-    if args.method == "high_precision":
-        results = [kernel(args.activation, c, *qs, derivative=args.derivative, method=args.method,
-                          digits=args.digits, **params) for c in cs]
-        values = [(r.value, r.error, r.method) for r in results]
-    else:
-        r = kernel(args.activation, cs, *qs, derivative=args.derivative, method=args.method, **params)
-        values = [(v, e, r.method) for v, e in zip(r.value, r.error)]
+    method, digits = args.method, args.digits
+    if digits is not None:
+        if method not in ("auto", "high_precision"):
+            raise GainDeriveError(f"--digits applies to --method high_precision (or auto), not --method {method}")
+        method = "high_precision"
+    elif method == "high_precision":
+        digits = DEFAULT_HIGH_PRECISION_DIGITS
+    with progress_bar("kernel", enabled=not args.quiet) as bar:
+        if method == "high_precision":  # mpmath takes one c at a time
+            values = []
+            for k, c in enumerate(cs):
+                r = kernel(args.activation, c, *qs, derivative=args.derivative, method=method, digits=digits,
+                           **params)
+                values.append((r.value, r.error, r.method))
+                if bar is not None:
+                    bar(k + 1, len(cs))
+        else:
+            r = kernel(args.activation, cs, *qs, derivative=args.derivative, method=method, progress=bar, **params)
+            values = [(v, e, r.method) for v, e in zip(r.value, r.error)]
     what = "E[f'(u) f'(v)]" if args.derivative else "E[f(u) f(v)]"
     q1, q2 = qs[0], qs[-1]
     if args.json:
         print(json.dumps({"activation": args.activation, "variance": [q1, q2], "derivative": args.derivative,
-                          "kernel": [{"correlation": c, "value": _number(v, args.digits), "error": float(e),
+                          "kernel": [{"correlation": c, "value": _number(v, digits), "error": float(e),
                                       "method": m} for c, (v, e, m) in zip(cs, values)]}))
         return 0
     print(f"{args.activation}: {what}, var u = {q1:g}, var v = {q2:g}")
     for c, (v, e, m) in zip(cs, values):
-        shown = _number(v, args.digits) if m == "high_precision" else repr(float(v))
+        shown = _number(v, digits) if m == "high_precision" else repr(float(v))
         print(f"  c = {c:<10g} {shown}  +- {float(e):.2g}  ({m})")
     return 0
 
@@ -660,15 +1078,6 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Python keyword arguments -> the command-line flags that set them (the API's messages name the former)
-_FLAGS = {
-    "digits": "--digits", "samples": "--samples", "seed": "--seed", "rtol": "--rtol", "variance": "--variance",
-    "mode": "--mode", "distribution": "--distribution", "layout": "--layout", "groups": "--groups",
-    "shape": "--shape", "depth": "--depth", "width": "--width", "batch": "--batch", "networks": "--networks",
-    "weight_variance": "--weight-variance", "bias_variance": "--bias-variance", "correlation": "--correlation",
-    "derivative": "--derivative", "moment": "--moment", "expected": "--expected", "method": "--method",
-    "format": "--format",
-}
 _ARGUMENT = re.compile(r"(?<![\w.-])(?P<name>[a-z_]+)=(?P<quote>[\"']?)(?P<value>[\w.+-]*)(?P=quote)(?!=)")
 
 
@@ -693,33 +1102,119 @@ def _cli_message(text: str, command: str) -> str:
             return "--derivative" if value == "True" else "no --derivative"
         return f"{_FLAGS[name]} {value}" if value else _FLAGS[name]
 
+    # a size limit names the API keyword first ("depth: 10 layers exceeds ..."): here that is the flag
+    text = re.sub(r"^(?P<name>[a-z_]+): ", lambda m: f"{_FLAGS[m['name']]}: " if m["name"] in _FLAGS else m[0], text)
     # parameters are keyword arguments in Python and --param NAME=VALUE here
     text = _KEYWORDS.sub(lambda m: "with " + " ".join(f"--param {kw}" for kw in m["list"].split(", ")), text)
     text = _ARGUMENT.sub(flag, text)
     return text.replace("--digits N (--digits ", "--digits (").replace("--digits N, --digits ", "--digits ")
 
 
+class _StdoutError(Exception):
+    """Standard output could not be written (a full disk, a vanished terminal): bad surroundings, not a bug."""
+
+
+class _GuardedStdout:
+    """sys.stdout, with its write errors turned into :class:`_StdoutError` (a broken pipe stays itself)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutError(exc.strerror or str(exc)) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutError(exc.strerror or str(exc)) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _silence_stdout() -> None:
+    """Point file descriptor 1 at /dev/null so the interpreter's exit-time flush cannot fail a second time."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stream (tests): nothing to flush at exit
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+_COMMANDS = {"derive": _derive, "list": _list, "table": _table_command, "plot": _plot_command,
+             "verify": _verify_command, "init": _init_command, "propagate": _propagate_command,
+             "solve": _solve_command, "critical": _critical_command, "meanfield": _meanfield_command,
+             "kernel": _kernel_command}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gainderive`` command; returns the exit status."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+#: options whose value may start with a minus sign (a correlation, a list, a claimed formula)
+_SIGNED = {"-c", "--correlation", "-b", "--bias-variance", "--line", "--expected", "-w", "--weight-variance"}
+_NEGATIVE = re.compile(r"-[\d.(]")
+
+
+def _negative_values(argv: list[str]) -> list[str]:
+    """``-c -1:1:5`` as ``-c=-1:1:5``: argparse takes a value like -1:1:5 or -0.5,0.5 for an unknown option."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1] in _SIGNED and _NEGATIVE.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr, as everything else the command says there."""
+    print(f"gainderive: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    command = None
+    real_stdout = sys.stdout
+    sys.stdout = _GuardedStdout(real_stdout)
     try:
-        commands = {"derive": _derive, "list": _list, "table": _table_command, "plot": _plot_command,
-                    "verify": _verify_command, "init": _init_command, "propagate": _propagate_command,
-                    "solve": _solve_command, "critical": _critical_command, "meanfield": _meanfield_command,
-                    "kernel": _kernel_command}
-        return commands[args.command](args)
+        parser, subparsers = _build_parser()
+        args, extra = parser.parse_known_args(_negative_values(sys.argv[1:] if argv is None else list(argv)))
+        command = args.command
+        if extra:  # argparse would blame the top-level parser; the subcommand's help is the one that helps
+            subparsers[command].error(f"unrecognized arguments: {' '.join(extra)}")
+        status = _COMMANDS[command](args)
+        sys.stdout.flush()  # here, not at exit: a full disk is reported as an error, not an exit-time traceback
+        return status
     except CheckError as exc:
-        print(f"gainderive: check failed: {_cli_message(str(exc), args.command)}", file=sys.stderr)
+        print(f"gainderive: check failed: {_cli_message(str(exc), command)}", file=sys.stderr)
         return 1
     except GainDeriveError as exc:
-        print(f"gainderive: error: {_cli_message(str(exc), args.command)}", file=sys.stderr)
+        print(f"gainderive: error: {_cli_message(str(exc), command)}", file=sys.stderr)
+        return 2
+    except _StdoutError as exc:
+        sys.stdout = real_stdout
+        _silence_stdout()
+        print(f"gainderive: error: cannot write standard output: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gainderive: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader (e.g. head) went away: stop quietly, as a pipeline expects
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.stdout = real_stdout
+        _silence_stdout()
         return 141
     except Exception as exc:  # a bug, not bad input: one line, and the traceback on request
         if os.environ.get("GAINDERIVE_DEBUG"):
@@ -727,3 +1222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gainderive: internal error: {type(exc).__name__}: {exc} (please report it; set GAINDERIVE_DEBUG=1 "
               "for the traceback)", file=sys.stderr)
         return 70
+    finally:
+        sys.stdout = real_stdout
+        try:  # the status is decided; output left in the buffer must not fail again at exit (a full disk)
+            real_stdout.flush()
+        except (OSError, ValueError):
+            _silence_stdout()

@@ -63,7 +63,9 @@ class Verdict:
 
     ``status`` is ``"verified"`` (agrees with quadrature), ``"preferred"`` (quadrature disagreed, high precision
     sided with the form, so the form replaces quadrature), ``"rejected"`` (high precision sided against the form,
-    or could not settle it; ``reason`` says which) or ``"none"`` (the rules derived no form).
+    or could not settle it; ``reason`` says which), ``"skipped"`` (the derivation was stopped by a symbolic budget,
+    :mod:`gainderive.budget`; ``reason`` names the budget, and quadrature answers) or ``"none"`` (the rules
+    derived no form).
     """
 
     form: ClosedForm | None

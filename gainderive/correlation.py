@@ -73,6 +73,9 @@ __all__ = ["KERNEL_METHODS", "closed_form_kernel", "kernel"]
 
 KERNEL_METHODS = ("auto", "closed_form", "quadrature", "high_precision")
 DEFAULT_RTOL = 1e-12
+_HIGH_PRECISION_DIGITS = 30
+_C_CHUNK = 1024  # correlations integrated together: ~25 MB of panels and nodes, whatever the batch
+_SECONDS_PER_CORRELATION = 0.01  # tanh on 2 shared cores: 10,001 correlations took 48-100 s, 100,000 took 1,079 s
 _INNER_RTOL = 1e-14
 _TAIL = 38.5
 _GRID = (0.0, 2.0, -2.0, 5.0, -5.0, 9.0, -9.0)
@@ -356,27 +359,39 @@ def kernel(
     method: str = "auto",
     digits: int | None = None,
     rtol: float = DEFAULT_RTOL,
+    progress: Callable[[int, int], None] | None = None,
     **params: Any,
 ) -> Estimate:
     """E[f(u) f(v)] (or E[f'(u) f'(v)] with ``derivative``) for Gaussian (u, v) of correlation c.
 
     u and v have variances ``variance`` (q1) and ``variance2`` (q2, default q1).
     ``correlation`` is a number or an array of c in [-1, 1] (vectorised, except
-    for ``method="high_precision"``).  ``method``: ``"auto"`` (a verified
+    for ``method="high_precision"``), at most ``limit("correlations")`` of them
+    (:mod:`gainderive.limits`).  ``method``: ``"auto"`` (a verified
     closed form if the activation has one, else quadrature), ``"closed_form"``
-    (an error if there is none), ``"quadrature"`` or ``"high_precision"``.
+    (an error if there is none), ``"quadrature"`` or ``"high_precision"``
+    (``digits`` significant digits, an int from 5 to ``limit("digits")``, default 30).
+
+    Quadrature takes the correlations ``_C_CHUNK`` at a time, each with its own tolerance and panel budget
+    (its value does not depend on the others), so memory stays that of one chunk; ``progress(done, total)``
+    is called after each chunk with the number of correlations done.
 
     >>> round(float(kernel("relu", 0.0).value), 15) == round(1 / (2 * math.pi), 15)   # E[relu]^2 at c = 0
     True
     """
+    from .limits import check_size
+    from .moments import check_digits
     from .registry import activation as make_activation
 
     if method not in KERNEL_METHODS:
         raise GainDeriveError(f"unknown method {method!r}; accepted: {', '.join(KERNEL_METHODS)}")
-    act = make_activation(activation, **params)
+    digits = check_digits(digits, _HIGH_PRECISION_DIGITS)
     q1 = _check_q(variance)
     q2 = q1 if variance2 is None else _check_q(variance2)
     c = check_correlation(correlation)
+    check_size("correlations", c.size, cost=f"about {c.size * _SECONDS_PER_CORRELATION / 60:.0f} minutes of "
+               "quadrature here")
+    act = make_activation(activation, **params)
     if method in ("auto", "closed_form"):
         form = closed_form_kernel(act, derivative)
         if form is not None:
@@ -388,9 +403,16 @@ def kernel(
     if method == "high_precision":
         if np.ndim(c):
             raise GainDeriveError("the high-precision kernel takes one correlation c at a time")
-        return _high_precision(act, q1, q2, float(c), derivative, digits or 30)
-    result = _quadrature(act, q1, q2, np.atleast_1d(c), derivative, rtol)
-    return Estimate(result.value.reshape(np.shape(c))[()], result.error.reshape(np.shape(c))[()], "quadrature")
+        return _high_precision(act, q1, q2, float(c), derivative, digits)
+    flat = np.atleast_1d(c).ravel()
+    value, error = np.empty(flat.size), np.empty(flat.size)
+    for lo in range(0, flat.size, _C_CHUNK):
+        hi = min(lo + _C_CHUNK, flat.size)
+        part = _quadrature(act, q1, q2, flat[lo:hi], derivative, rtol)
+        value[lo:hi], error[lo:hi] = part.value, part.error
+        if progress is not None:
+            progress(hi, flat.size)
+    return Estimate(value.reshape(np.shape(c))[()], error.reshape(np.shape(c))[()], "quadrature")
 
 
 def _check_q(q: Any) -> float:
@@ -400,11 +422,16 @@ def _check_q(q: Any) -> float:
 
 
 def check_correlation(c: Any) -> np.ndarray:
-    """Validate c: finite and within [-1, 1]."""
+    """Validate c: real numbers (not booleans, strings or complex), finite and within [-1, 1]."""
     try:
-        arr = np.asarray(c, dtype=float)
+        arr = np.asarray(c)
     except (TypeError, ValueError):
-        raise GainDeriveError(f"correlation c must be a number in [-1, 1], got {c!r}") from None
+        arr = np.asarray(None)
+    if arr.dtype.kind not in "fiu":
+        shown = " ".join(repr(c).split())
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise GainDeriveError(f"correlation c must be a real number in [-1, 1] or an array of them, got {shown}")
+    arr = arr.astype(float)
     if arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > 1):
         bad = arr[~(np.isfinite(arr) & (np.abs(arr) <= 1))].ravel() if arr.size else arr
         raise GainDeriveError(f"correlation c must be in [-1, 1]; got {bad[0] if bad.size else 'an empty array'}")
@@ -666,6 +693,28 @@ def _quadrature(act: Activation, q1: float, q2: float, c: np.ndarray, derivative
 
 # ---------------------------------------------------------------- high precision
 
+# Measured with tanh at q = 1 on 2 shared cores: 30 digits (2.4e6 units) took 150 s, 20 digits 22 s, and
+# 60 digits (1e7 units) ran 10 minutes before failing to converge: the budget admits the default 30 digits
+# for an activation with up to ~8 kinks (P ~ 22 panels) and refuses what would take much longer.
+_HIGH_PRECISION_WORK = 6e6
+_HIGH_PRECISION_MINUTES = 6  # what the full budget costs with tanh here (2.4e6 units: 150 s)
+_HIGH_PRECISION_NODES = (12, 24, 48, 96)  # Gauss-Legendre degrees 3..6
+
+
+def _high_precision_work(kinks: int, digits: int) -> float:
+    """Work units of :func:`_high_precision`'s four passes: evaluations of f, weighted by their precision.
+
+    Each pass evaluates f at (outer panels x n) points, each with an inner integral of (inner panels x n)
+    points; both ranges are |t| < T = sqrt(2 (digits + 12) ln 10) in panels of width <= 2, plus one
+    panel per cut (f's kinks, twice for the outer integral).  An evaluation at dps = digits + 10 costs
+    about (dps / 40)^1.5 of one at the default 30 digits.
+    """
+    tail = math.sqrt(2 * (digits + 12) * math.log(10))
+    outer, inner = math.ceil(tail) + 2 * kinks, math.ceil(tail) + kinks
+    evaluations = sum(outer * n * (1 + inner * n) for n in _HIGH_PRECISION_NODES)
+    return evaluations * ((digits + 10) / 40) ** 1.5
+
+
 def _high_precision(act: Activation, q1: float, q2: float, c: float, derivative: bool, digits: int) -> Estimate:
     """Nested Gauss-Legendre panels at ``digits`` digits, split at every kink (for verification).
 
@@ -675,12 +724,28 @@ def _high_precision(act: Activation, q1: float, q2: float, c: float, derivative:
     to ``digits`` digits, and their difference is the error estimate.
     Refused (ConvergenceError) when 96 nodes do not get there: e.g. for |c|
     so close to 1 that the inner integral is nearly a kink.
+
+    The work is bounded before it starts (:func:`_high_precision_work`): the four passes cost
+    ~ (outer panels x nodes)(inner panels x nodes) evaluations of f each, at a price growing with the
+    digits, so 200 digits would take about an hour here.  Beyond ``_HIGH_PRECISION_WORK`` a LimitError
+    says how many digits do fit.
     """
     from mpmath.calculus.quadrature import GaussLegendre
 
     from .integrand import DF, F, integrand
 
     ig = integrand(act, {"df": DF} if derivative else {"f": F})
+    work = _high_precision_work(len(ig.breakpoints), digits)
+    if work > _HIGH_PRECISION_WORK:
+        from .limits import LimitError
+
+        fit = next((d for d in range(digits - 1, 4, -1)
+                    if _high_precision_work(len(ig.breakpoints), d) <= _HIGH_PRECISION_WORK), None)
+        raise LimitError(f"digits: the high-precision kernel at {digits} digits could take up to "
+                         f"{work / _HIGH_PRECISION_WORK * _HIGH_PRECISION_MINUTES:.0f} minutes here (nested "
+                         f"Gauss-Legendre, {work:.2g} work units against a budget of {_HIGH_PRECISION_WORK:.2g}); "
+                         + (f"at most {fit} digits fit for this activation" if fit else "no digits fit")
+                         + " (method='quadrature' gives about 12 digits in milliseconds)")
     with mp.workdps(digits + 10):
         programs = ig.mpmath_pieces(digits + 10)
         cuts = [mp.mpf(str(b)) for b in ig.breakpoints]

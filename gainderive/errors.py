@@ -13,6 +13,7 @@ __all__ = [
     "ConvergenceError",
     "DiracDerivativeError",
     "DivergenceError",
+    "DuplicateParameterError",
     "FormulaError",
     "GainDeriveError",
     "ParameterError",
@@ -35,6 +36,10 @@ class UnknownActivationError(GainDeriveError):
 
 class ParameterError(GainDeriveError):
     """An unknown, missing or invalid activation parameter."""
+
+
+class DuplicateParameterError(ParameterError, FormulaError):
+    """A parameter given twice (e.g. ``elu(x, 2, alpha=3)``): refused rather than keeping one silently."""
 
 
 class VarianceError(GainDeriveError):

@@ -107,8 +107,10 @@ def _polynomial_features(u: Any, x: Any, singular: bool) -> list[tuple[float, fl
     """Features of g(u) for a polynomial u in x: its real roots and real stationary points, with their widths."""
     import sympy as sp
 
-    if not u.has(x) or not u.is_polynomial(x):
-        return []
+    from .budget import polynomial_degree
+
+    if not u.has(x) or polynomial_degree(u, x) > _MAX_DEGREE or not u.is_polynomial(x):
+        return []  # the degree bound first: Poly would expand ((x + 1)**64)**64 before its degree could be seen
     try:
         poly = sp.Poly(u, x)
     except sp.PolynomialError:

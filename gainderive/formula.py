@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .errors import FormulaError
+from .errors import DuplicateParameterError, FormulaError
 from .functions import Phi, sigmoid, softplus
+from .suggest import accepted, did_you_mean, framework_hint
 
 __all__ = ["FUNCTIONS", "Macro", "Parsed", "X", "parameter_symbol", "parse", "parse_formula"]
 
@@ -224,8 +225,8 @@ class _Parser:
             return self.primitive(name, primitive, node, depth)
         if name in self.macros:
             return self.macro(name, self.macros[name], node, depth)
-        accepted = ", ".join(sorted({*FUNCTIONS, *self.macros, "Piecewise"}))
-        raise _fail(f"unknown function {name!r}; accepted: {accepted}")
+        known = sorted({*FUNCTIONS, *self.macros, "Piecewise"})
+        raise _fail(f"unknown function {name!r}{accepted(did_you_mean(name, known), known)}")
 
     def primitive(self, name: str, fn: _Function, node: ast.Call, depth: int) -> sp.Expr:
         if node.keywords:
@@ -242,6 +243,9 @@ class _Parser:
         return self.checked(fn.build(*args))
 
     def macro(self, name: str, macro: Macro, node: ast.Call, depth: int) -> sp.Expr:
+        for kw in node.keywords:  # first: gelu(approximate="tanh") is about gelu_tanh, not the missing input
+            if kw.arg not in macro.params:
+                raise _fail(self.unknown_keyword(name, macro, kw))
         if not node.args:
             raise _fail(f"{name}() needs its input as first argument, e.g. {name}(x)")
         if len(node.args) - 1 > len(macro.params):
@@ -249,16 +253,21 @@ class _Parser:
         argument = self.expr(node.args[0], depth)
         params = {p: self.expr(a, depth) for p, a in zip(macro.params, node.args[1:])}
         for kw in node.keywords:
-            if kw.arg not in macro.params:
-                raise _fail(
-                    f"{name}() has no parameter {kw.arg!r}; accepted: {', '.join(macro.params) or 'none'}"
-                )
             if kw.arg in params:
-                raise _fail(f"{name}() got parameter {kw.arg!r} twice")
+                raise DuplicateParameterError(f"{name}() got parameter {kw.arg!r} twice; give each parameter once")
             params[kw.arg] = self.expr(kw.value, depth)
         expression, conditions = macro.build(argument, params)
         self.conditions.extend(c for c in conditions if c not in self.conditions)
         return self.checked(expression)
+
+    def unknown_keyword(self, name: str, macro: Macro, kw: ast.keyword) -> str:
+        """The message for ``name(x, kw=...)`` where ``name`` has no such parameter: a framework's keyword
+        (``gelu(x, approximate="tanh")``), a misspelt parameter, or a plain unknown one."""
+        value = kw.value.value if isinstance(kw.value, ast.Constant) else ast.get_source_segment(self.text.strip(),
+                                                                                                   kw.value)
+        hint = framework_hint(name, kw.arg, value)
+        hint = f"; {hint}" if hint is not None else did_you_mean(kw.arg, macro.params)
+        return f"{name}() has no parameter {kw.arg!r}{accepted(hint, macro.params)}"
 
     def piecewise(self, node: ast.Call, depth: int) -> sp.Expr:
         if node.keywords or not node.args:

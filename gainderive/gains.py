@@ -30,6 +30,7 @@ import numpy as np
 from .errors import GainDeriveError
 from .estimate import Estimate
 from .moments import Moments, moments
+from .suggest import Call
 
 if TYPE_CHECKING:
     from .activation import Activation
@@ -52,37 +53,59 @@ class Gains:
         return iter((name, getattr(self, name)) for name in MODES)
 
 
-def _inverse_sqrt_gain(scale: Any, moment: Estimate, what: str, why: str, mode: str) -> Estimate:
-    """sqrt(scale / moment) (one rounding fewer than sqrt(scale)/sqrt(moment)), with relative error halved."""
+def _inverse_sqrt_gain(scale: Any, moment: Estimate, what: str, why: str, mode: str, strict: bool) -> Estimate:
+    """sqrt(scale / moment) (one rounding fewer than sqrt(scale)/sqrt(moment)), with relative error halved.
+
+    A moment <= 0 (f constant, or a variance below double precision's reach) has no gain: an error, or with
+    ``strict=False`` the value nan and the reason as the method ("undefined: ...").
+    """
     value, error = moment.value, moment.error
     if isinstance(value, mp.mpf):  # high precision (an infinite moment keeps its reason as the method)
         if value <= 0:
-            raise GainDeriveError(f"{what} = {mp.nstr(value, 3)} ({why}), so gain_{mode} does not exist")
+            return _no_gain(f"{what} = {mp.nstr(value, 3)} ({why}), so gain_{mode} does not exist", strict, mp.nan)
         g = mp.sqrt(scale / value)
         return Estimate(g, g * error / (2 * value), moment.method)
     v = np.asarray(value, dtype=float)
     if np.any(v <= 0):
         shown = float(v.ravel()[np.argmin(v.ravel())])
-        raise GainDeriveError(f"{what} = {shown:.3g} ({why}), so gain_{mode} does not exist")
+        return _no_gain(f"{what} = {shown:.3g} ({why}), so gain_{mode} does not exist", strict,
+                        np.full_like(v, np.nan)[()])
     g = np.sqrt(np.asarray(scale, dtype=float) / v)
     return Estimate(g[()], (g * np.asarray(error) / (2 * v))[()], moment.method)
 
 
-def gains(m: Moments) -> Gains:
-    """The three gains from computed moments."""
+def _no_gain(reason: str, strict: bool, nan: Any) -> Estimate:
+    if strict:
+        raise GainDeriveError(reason)
+    return Estimate(nan, nan, f"undefined: {reason}")
+
+
+def gains(m: Moments, *, strict: bool = True) -> Gains:
+    """The three gains from computed moments.
+
+    A gain whose moment is 0 does not exist: a :class:`GainDeriveError`, or with ``strict=False`` an
+    :class:`Estimate` of nan whose method starts "undefined: " and gives the reason (so the other two
+    gains are still reported).
+    """
     if m.digits is not None:
         with mp.workdps(m.digits + 10):
-            return _gains(m)
-    return _gains(m)
+            return _gains(m, strict)
+    return _gains(m, strict)
 
 
-def _gains(m: Moments) -> Gains:
+def _gains(m: Moments, strict: bool) -> Gains:
     q = m.q
+    # a variance of 0 within its bar may be a non-constant f whose variance is below double precision's reach
     return Gains(
-        fan_in=_inverse_sqrt_gain(q, m.second_moment, "E[f(z)^2]", "f vanishes almost surely", "fan_in"),
-        fan_out=_inverse_sqrt_gain(1, m.derivative_second_moment, "E[f'(z)^2]", "f is constant", "fan_out"),
-        variance=_inverse_sqrt_gain(q, m.variance, "Var f(z)", "f is constant almost surely", "variance"),
+        fan_in=_inverse_sqrt_gain(q, m.second_moment, "E[f(z)^2]", "f vanishes almost surely", "fan_in", strict),
+        fan_out=_inverse_sqrt_gain(1, m.derivative_second_moment, "E[f'(z)^2]", "f is constant", "fan_out", strict),
+        variance=_inverse_sqrt_gain(q, m.variance, "Var f(z)", "f is constant almost surely, or its variance is "
+                                    "below double precision's reach", "variance", strict),
     )
+
+
+_GAIN_CALL = Call("gain(activation, variance=1.0, mode='fan_in', method='auto', **params)",
+                  ("variance", "mode", "method"), "use gains(moments(activation, variance, method, {given}))")
 
 
 def gain(
@@ -97,11 +120,20 @@ def gain(
     ``mode`` is ``"fan_in"`` (forward, sqrt(q / E[f^2])), ``"fan_out"``
     (backward, 1 / sqrt(E[f'^2])) or ``"variance"`` (sqrt(q / Var f)).
 
+    ``params`` are the activation's parameters; a keyword that is not one gets a hint naming what it is
+    (``gain("gelu", q=2)``: the input variance is ``variance=2``).
+
     >>> round(float(gain("relu")), 15) == round(2 ** 0.5, 15)
     True
     """
     if mode not in MODES:
-        raise GainDeriveError(f"unknown mode {mode!r}; accepted: {', '.join(MODES)}")
+        from .suggest import accepted, did_you_mean
+
+        raise GainDeriveError(f"unknown mode {mode!r}{accepted(did_you_mean(mode, MODES), MODES)}")
+    if params:  # names first, with this function's keywords in the hints; moments() binds the values
+        from .registry import build
+
+        build(activation, params, call=_GAIN_CALL)
     m = moments(activation, variance, method, **params)
     if mode == "fan_out":
         refuse_infinite_derivative(m, 'mode="fan_out"', 'mode="fan_in" or mode="variance"')

@@ -31,11 +31,12 @@ from functools import lru_cache
 import sympy as sp
 
 from .activation import Activation
+from .budget import Budget, SymbolicBudgetError, expanded_terms, tree_size
 from .closed_form import ClosedForm, Q, Verdict
 from .formula import X, parameter_symbol
 from .functions import Phi
 
-__all__ = ["NoClosedFormError", "closed_forms", "programs", "stable", "verdicts", "verified_forms"]
+__all__ = ["NoClosedFormError", "closed_forms", "programs", "skipped", "stable", "verdicts", "verified_forms"]
 
 _MAX_TERMS = 400
 
@@ -49,7 +50,9 @@ _NO_RULE = (NoClosedFormError, sp.PolynomialError, TypeError, ValueError, NotImp
             RecursionError)
 
 
-def _form(moment: str, expression: sp.Expr) -> ClosedForm:
+def _form(moment: str, expression: sp.Expr, budget: Budget | None = None) -> ClosedForm:
+    if budget is not None:
+        budget.check("printing the form")
     form = ClosedForm(moment, str(_to_erfc(expression)), sp.latex(expression))
     form.__dict__["expression"] = expression
     return form
@@ -60,61 +63,26 @@ def _to_erfc(expr: sp.Expr) -> sp.Expr:
 
 
 # -- the symbolic piecewise structure ----------------------------------------------------------------------------
-def _symbolic_pieces(act: Activation):
-    """[(lo, hi, f_piece)] with parameters symbolic; branch choices and order from the numeric parameters."""
-    from ._structure import exact
+def _symbolic_pieces(act: Activation, budget: Budget):
+    """[(lo, hi, f_piece)] with parameters symbolic; branch choices and order from the numeric parameters.
 
+    The same inside-out analysis as the activation's own pieces (:func:`gainderive._structure.cut_points`),
+    with the breakpoints kept as expressions in the parameters; never ``rewrite(Piecewise)``, whose folding
+    of nested conditionals grows as 2^depth.
+    """
+    from ._structure import NonlinearBreakpointError, cut_points, exact, restrict, sample_points
+
+    if len(act.pieces) > budget.limits.closed_form_pieces:  # the numeric structure is known already: cheap
+        raise budget.refuse(f"the activation has {len(act.pieces)} pieces", "closed_form_pieces")
     values = {parameter_symbol(k): exact(v) for k, v in act.params.items()}
-    normal = act.symbolic_expression.rewrite(sp.Piecewise)
-    cuts_sym = _symbolic_breakpoints(normal, values)
-    cuts_num = [c.subs(values) for c in cuts_sym]
-    order = sorted(range(len(cuts_sym)), key=lambda i: float(cuts_num[i]))
-    cuts_sym = [cuts_sym[i] for i in order]
-    cuts_num = [cuts_num[i] for i in order]
-    bounds_sym = [-sp.oo, *cuts_sym, sp.oo]
-    if cuts_num:
-        samples = [cuts_num[0] - 1, *((a + b) / 2 for a, b in zip(cuts_num, cuts_num[1:])), cuts_num[-1] + 1]
-    else:
-        samples = [sp.S.Zero]
-    return [(lo, hi, _choose(normal, point, values)) for lo, hi, point in zip(bounds_sym, bounds_sym[1:], samples)]
-
-
-def _symbolic_breakpoints(normal: sp.Expr, values) -> list[sp.Expr]:
-    roots: list[sp.Expr] = []
-    for pw in sorted(normal.atoms(sp.Piecewise), key=sp.default_sort_key):
-        for pair in pw.args:
-            for rel in _relationals(pair.cond):
-                gap = sp.expand(rel.lhs - rel.rhs)
-                if not gap.has(X):
-                    continue
-                poly = sp.Poly(gap, X)
-                if poly.degree() != 1:
-                    raise NoClosedFormError("a breakpoint that is not linear in x")
-                a, b = poly.all_coeffs()
-                root = sp.simplify(-b / a)
-                if all(sp.simplify(root - r).subs(values) != 0 for r in roots):
-                    roots.append(root)
-    return roots
-
-
-def _relationals(cond):
-    if cond in (sp.true, sp.false):
-        return []
-    if isinstance(cond, sp.core.relational.Relational):
-        return [cond]
-    return [r for arg in cond.args for r in _relationals(arg)]
-
-
-def _choose(expr: sp.Expr, point: sp.Expr, values) -> sp.Expr:
-    """The branch of every Piecewise that holds at x = point (decided with the numeric parameters)."""
-    if not expr.args or not expr.has(sp.Piecewise):
-        return expr
-    if isinstance(expr, sp.Piecewise):
-        for pair in expr.args:
-            if pair.cond.subs(values).subs(X, point) in (sp.true, True):
-                return _choose(pair.expr, point, values)
-        raise NoClosedFormError("a Piecewise that does not cover the line")
-    return expr.func(*(_choose(a, point, values) for a in expr.args))
+    expr = act.symbolic_expression
+    try:
+        cuts = cut_points(expr, values, budget)
+    except NonlinearBreakpointError as exc:
+        raise NoClosedFormError(str(exc)) from None
+    bounds_sym = [-sp.oo, *(c for c, _ in cuts), sp.oo]
+    samples = sample_points([v for _, v in cuts], [c.subs(values) for c, _ in cuts])
+    return [(lo, hi, restrict(expr, point, values)) for lo, hi, point in zip(bounds_sym, bounds_sym[1:], samples)]
 
 
 # -- Gaussian integrals of one piece -----------------------------------------------------------------------------
@@ -221,16 +189,27 @@ def _rewrite(h: sp.Expr, whole_line: bool) -> sp.Expr:
     return h
 
 
-def piece_expectation(h: sp.Expr, lo, hi) -> sp.Expr:
-    """E[h(z) 1{lo < z < hi}] for z ~ N(0, q) in closed form: the rules, else sympy within a time limit."""
+def piece_expectation(h: sp.Expr, lo, hi, budget: Budget | None = None) -> sp.Expr:
+    """E[h(z) 1{lo < z < hi}] for z ~ N(0, q) in closed form: the rules, else sympy within a time limit.
+
+    ``budget`` (one per activation, see :mod:`gainderive.budget`) bounds the expansion before it is made and
+    the time spent; exceeding it raises :class:`~gainderive.budget.SymbolicBudgetError`.
+    """
+    budget = budget or Budget("closed form skipped", "closed_form_seconds")
     try:
-        expanded = sp.expand(sp.powsimp(sp.expand(_rewrite(h, lo == -sp.oo and hi == sp.oo)), combine="exp"))
+        rewritten = _rewrite(h, lo == -sp.oo and hi == sp.oo)
+        once = budget.expand(rewritten, "expanding a piece's integrand")
+        expanded = budget.expand(sp.powsimp(once, combine="exp"), "expanding a piece's integrand")
         terms = sp.Add.make_args(expanded)
         if len(terms) > _MAX_TERMS:
             raise NoClosedFormError("too many terms")
-        return sp.Add(*(_term(t, lo, hi) for t in terms))
+        out = []
+        for t in terms:
+            budget.check("integrating a piece term by term")
+            out.append(_term(t, lo, hi))
+        return sp.Add(*out)
     except NoClosedFormError:
-        return _sympy_integral(h, lo, hi)
+        return _sympy_integral(h, lo, hi, budget)
 
 
 SYMPY_SECONDS = 1.0
@@ -242,8 +221,13 @@ class _OutOfTimeError(BaseException):
     """Raised by the timer.  A BaseException, so sympy's own ``except Exception`` clauses cannot swallow it."""
 
 
-def _sympy_integral(h: sp.Expr, lo, hi) -> sp.Expr:
-    """sympy.integrate as a last resort, interrupted after SYMPY_SECONDS; its answer is verified like ours."""
+def _sympy_integral(h: sp.Expr, lo, hi, budget: Budget | None = None) -> sp.Expr:
+    """sympy.integrate as a last resort, interrupted after SYMPY_SECONDS; its answer is verified like ours.
+
+    The SIGALRM timer is only the backstop here (it cannot interrupt C code, nor run off the main thread):
+    the call is not made at all for an integrand whose expansion exceeds the budget, and the timer is set to
+    the smaller of SYMPY_SECONDS and what remains of the activation's time budget.
+    """
     import signal
     import threading
 
@@ -251,6 +235,11 @@ def _sympy_integral(h: sp.Expr, lo, hi) -> sp.Expr:
 
     if h.has(*_HOPELESS, sigmoid, softplus) or threading.current_thread() is not threading.main_thread():
         raise NoClosedFormError("no rule, and sympy cannot integrate this against a Gaussian")
+    budget = budget or Budget("closed form skipped", "closed_form_seconds")
+    budget.check("sympy.integrate")
+    if expanded_terms(h) > budget.limits.terms:
+        raise NoClosedFormError("too large for sympy.integrate")
+    seconds = min(SYMPY_SECONDS, budget.remaining())
 
     def out_of_time(*_):
         raise _OutOfTimeError
@@ -264,7 +253,7 @@ def _sympy_integral(h: sp.Expr, lo, hi) -> sp.Expr:
 
     # repeating: a signal that lands in a gc callback has its exception printed and dropped ("Exception
     # ignored in ..."), which once let sympy.integrate run on for hours; the next tick raises again
-    signal.setitimer(signal.ITIMER_REAL, SYMPY_SECONDS, 0.1)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3), 0.1)
     try:
         try:
             density = sp.exp(-X**2 / (2 * Q)) / sp.sqrt(2 * sp.pi * Q)
@@ -273,22 +262,44 @@ def _sympy_integral(h: sp.Expr, lo, hi) -> sp.Expr:
             stop()
     except _OutOfTimeError:  # from the integration, or a tick that landed as the timer was being stopped
         stop()
-        raise NoClosedFormError(f"sympy found no closed form within {SYMPY_SECONDS:g} s") from None
+        budget.check("sympy.integrate")
+        raise NoClosedFormError(f"sympy found no closed form within {seconds:g} s") from None
     if result.has(sp.Integral, sp.Piecewise, sp.nan, sp.zoo):
         raise NoClosedFormError("sympy left the integral unevaluated")
     return result
 
 
 # -- moments -----------------------------------------------------------------------------------------------------
-def _tidy(expr: sp.Expr) -> sp.Expr:
+def _tidy(expr: sp.Expr, budget: Budget) -> sp.Expr:
     """Cheap simplifications that keep the form readable (a full simplify() can take minutes).
 
     sympy's rewriting has bugs of its own (collect() once turned sqrt(2)/(2 sqrt(pi)) into
     exp(2/log(2)) exp(-2/log(pi))), so the tidied form is kept only if it agrees with the raw one
     at a few points.
     """
-    raw = sp.expand_complex(expr) if expr.has(sp.I) else expr
-    tidy = sp.expand(sp.powsimp(sp.powdenest(raw), combine="exp"))
+    if tree_size(expr, budget.limits.operations) > budget.limits.operations:
+        raise budget.refuse(f"the derived form has more than {budget.limits.operations:,} operations",
+                            "operations")
+    if expr.has(sp.I):
+        budget.expand(expr, "taking the real part")
+        raw = sp.expand_complex(expr)
+    else:
+        raw = expr
+    # term by term (what powsimp and powdenest do with a sum anyway), so that the deadline is checked between
+    # terms; an integer power of a sum (the mean squared in the variance) is expanded first, since powdenest's
+    # sign queries on the sum itself find the real roots of a polynomial in q (18 s for ((x + 1)**8)**8)
+    parts = []
+    for term in sp.Add.make_args(raw):
+        budget.check("tidying the form")
+        if any(p.base.is_Add and p.exp.is_Integer for p in term.atoms(sp.Pow)):
+            pieces = sp.Add.make_args(budget.expand(term, "tidying the form"))
+        else:
+            pieces = (term,)
+        for piece in pieces:
+            budget.check("tidying the form")
+            parts.append(sp.powsimp(sp.powdenest(piece), combine="exp"))
+    tidy = budget.expand(sp.Add(*parts), "tidying the form")
+    budget.check("tidying the form")
     if sp.count_ops(tidy) <= 60:  # small enough for simplify() to be quick; keep it only if it is shorter
         simpler = sp.simplify(tidy)
         if sp.count_ops(simpler) < sp.count_ops(tidy):
@@ -302,40 +313,60 @@ def _tidy(expr: sp.Expr) -> sp.Expr:
     return tidy
 
 
-@lru_cache(maxsize=128)
 def closed_forms(act: Activation) -> dict[str, ClosedForm | None]:
     """Closed forms of mean, second_moment, derivative_second_moment and variance (None where there is none)."""
-    from ._structure import exact
+    return _derived(act)[0]
 
-    values = {parameter_symbol(k): exact(v) for k, v in act.params.items()}
-    nothing: dict[str, ClosedForm | None] = dict.fromkeys(("mean", "second_moment", "derivative_second_moment",
-                                                           "variance"))
+
+def skipped(act: Activation) -> dict[str, str]:
+    """{moment: why} for the moments whose derivation was stopped by a symbolic budget (see gainderive.budget)."""
+    return _derived(act)[1]
+
+
+_MOMENTS = ("mean", "second_moment", "derivative_second_moment", "variance")
+
+
+@lru_cache(maxsize=128)
+def _derived(act: Activation) -> tuple[dict[str, ClosedForm | None], dict[str, str]]:
+    """(forms, skipped): the forms, and for each moment a budget stopped, the budget's one-line reason.
+
+    One :class:`~gainderive.budget.Budget` per activation (``closed_form_seconds``, and the size budgets before
+    every expansion): a hard activation in a batch cannot use up the time of the next one.
+    """
+    budget = Budget("closed form skipped", "closed_form_seconds")
+    out: dict[str, ClosedForm | None] = dict.fromkeys(_MOMENTS)
+    stopped: dict[str, str] = {}
     try:
-        pieces = _symbolic_pieces(act)
+        pieces = _symbolic_pieces(act, budget)
+    except SymbolicBudgetError as exc:  # first: it is a GainDeriveError, hence a ValueError, as in _NO_RULE
+        return out, dict.fromkeys(_MOMENTS, str(exc))
     except _NO_RULE:
-        return nothing
-    out: dict[str, ClosedForm | None] = {}
+        return out, stopped
     for name, power, derivative in (("mean", 1, False), ("second_moment", 2, False),
                                     ("derivative_second_moment", 2, True)):
         if derivative and act.jumps:
-            out[name] = None
             continue
         try:
             total = sp.S.Zero
             for lo, hi, f in pieces:
                 g = sp.diff(f, X) if derivative else f
-                total += piece_expectation(g**power, lo, hi)
-            out[name] = _form(name, _tidy(total))
+                total += piece_expectation(g**power, lo, hi, budget)
+            out[name] = _form(name, _tidy(total, budget), budget)
+        except SymbolicBudgetError as exc:
+            stopped[name] = str(exc)
         except _NO_RULE:
-            out[name] = None
+            pass
     mean, second = out["mean"], out["second_moment"]
-    try:
-        out["variance"] = None if mean is None or second is None else _form(
-            "variance", _tidy(second.expression - mean.expression**2))
-    except _NO_RULE:
-        out["variance"] = None
-    _ = values  # parameter values only decide branch order; the forms keep the symbols
-    return out
+    if mean is not None and second is not None:
+        try:
+            out["variance"] = _form("variance", _tidy(second.expression - mean.expression**2, budget), budget)
+        except SymbolicBudgetError as exc:
+            stopped["variance"] = str(exc)
+        except _NO_RULE:
+            pass
+    elif "mean" in stopped or "second_moment" in stopped:
+        stopped["variance"] = stopped.get("second_moment") or stopped["mean"]
+    return out, stopped
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------------
@@ -454,8 +485,10 @@ def verdicts(act: Activation) -> dict[str, Verdict]:
     """
     from .errors import GainDeriveError
 
-    forms = closed_forms(act)
-    out = {name: Verdict(form, "derived" if form is not None else "none") for name, form in forms.items()}
+    forms, stopped = closed_forms(act), skipped(act)
+    out = {name: Verdict(form, "derived") if form is not None else
+           Verdict(None, "skipped", f"{stopped[name]}; quadrature is used") if name in stopped else
+           Verdict(None, "none") for name, form in forms.items()}
     if all(f is None for f in forms.values()):
         return out
     points = dict.fromkeys(forms, 0)

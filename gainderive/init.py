@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -42,14 +43,19 @@ def fans(shape: Sequence[int], layout: str = "torch", groups: int = 1) -> tuple[
     sees in/groups * prod(kernel) inputs; each input unit feeds out/groups * prod(kernel) outputs -- for a
     depthwise convolution (groups = channels) that is prod(kernel), not channels * prod(kernel).
     """
-    shape = tuple(shape)
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        shape = None
+    if shape is None:
+        raise GainDeriveError("a weight shape is a sequence of positive integers, e.g. (64, 32, 3, 3)")
     if len(shape) < 2:
         raise GainDeriveError(f"a weight shape needs at least 2 dimensions (out, in, ...); got {shape}")
-    if any(not isinstance(s, (int, np.integer)) or s <= 0 for s in shape):
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s <= 0 for s in shape):
         raise GainDeriveError(f"shape sizes must be positive integers; got {shape}")
     if layout not in LAYOUTS:
         raise GainDeriveError(f"unknown layout {layout!r}; accepted: {', '.join(LAYOUTS)}")
-    if not isinstance(groups, (int, np.integer)) or groups < 1:
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
         raise GainDeriveError(f"groups must be a positive integer; got {groups!r}")
     if layout == "torch":
         out, per_group_in, kernel = shape[0], shape[1], shape[2:]
@@ -57,10 +63,11 @@ def fans(shape: Sequence[int], layout: str = "torch", groups: int = 1) -> tuple[
         out, per_group_in, kernel = shape[-1], shape[-2], shape[:-2]
     if out % groups:
         raise GainDeriveError(f"groups = {groups} does not divide the {out} output channels")
-    receptive = math.prod(kernel) if kernel else 1
-    return per_group_in * receptive, (out // groups) * receptive
+    receptive = math.prod(int(k) for k in kernel)  # Python ints: exact for any size, nothing is allocated
+    return int(per_group_in) * receptive, (int(out) // groups) * receptive
 
 
+@lru_cache(maxsize=16)
 def truncation_std(bound: float = 2.0) -> float:
     """Standard deviation of N(0, 1) truncated to [-bound, bound]: sqrt(1 - 2 b phi(b) / (2 Phi(b) - 1)).
 
@@ -154,12 +161,29 @@ def spec(activation: Any, shape: Sequence[int], *, mode: str = "fan_in", distrib
                     gain, std, bound, how)
 
 
+#: Bytes of one sampled tensor above which :func:`sample` refuses before allocating (1 GiB: 2^27 float64s).
+SAMPLE_BYTES = 2**30
+
+
 def sample(init: InitSpec, rng: np.random.Generator | int | None = None) -> np.ndarray:
-    """A weight tensor of ``init.shape`` drawn from ``init.distribution`` with standard deviation ``init.std``."""
-    rng = np.random.default_rng(rng)
+    """A weight tensor of ``init.shape`` drawn from ``init.distribution`` with standard deviation ``init.std``.
+
+    A tensor beyond :data:`SAMPLE_BYTES` is refused with a :class:`gainderive.limits.LimitError` before
+    anything is allocated (:func:`spec` alone allocates nothing, whatever the shape).
+    """
+    from .limits import LimitError
+
     shape = init.shape
+    size = math.prod(shape)
+    if 8 * size > SAMPLE_BYTES:
+        raise LimitError(f"shape {shape}: {size:,} float64 weights ({8 * size / 2**30:.3g} GiB) exceed the "
+                         f"{SAMPLE_BYTES / 2**30:g} GiB one sampled tensor may use; spec() and snippets() give the "
+                         "std without sampling")
+    rng = np.random.default_rng(rng)
     if init.distribution == "normal":
-        return rng.normal(0.0, init.std, shape)
+        out = rng.standard_normal(shape)  # the same draws as rng.normal(0, std), without its slower loop
+        out *= init.std
+        return out
     if init.distribution == "uniform":
         return rng.uniform(-init.bound, init.bound, shape)
     if init.distribution == "truncated_normal":

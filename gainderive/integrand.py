@@ -87,7 +87,17 @@ class Integrand:
 
 
 def _exp_polynomial(h: sp.Expr) -> dict[float, dict[int, float]] | None:
-    """h as {a: {n: c}} meaning sum c z^n e^{a z}, or None if h is not such a finite sum."""
+    """h as {a: {n: c}} meaning sum c z^n e^{a z}, or None if h is not such a finite sum.
+
+    Decided from the tree before anything is expanded (:func:`_may_be_exp_polynomial`, and the ``terms``
+    budget of :mod:`gainderive.budget`): the square of tanh's derivative nested 12 deep would expand into
+    2^24 terms only to be found not of this form, ``(x + 1)**8192`` into 8,193 terms of degree far beyond
+    ``_MAX_DEGREE``.  Such pieces go to panels.
+    """
+    from .budget import expanded_terms, in_force
+
+    if not _may_be_exp_polynomial(h) or expanded_terms(h) > in_force().terms:
+        return None
     h = sp.powsimp(sp.expand(h), combine="exp")
     # coefficients are summed exactly and rounded once: -1 + erf(3) in floats would lose five digits
     exact: dict[sp.Expr, dict[int, sp.Expr]] = {}
@@ -116,6 +126,28 @@ def _exp_polynomial(h: sp.Expr) -> dict[float, dict[int, float]] | None:
         bucket = exact.setdefault(rate, {})
         bucket[power] = bucket.get(power, sp.S.Zero) + coeff
     return {float(rate): {n: float(c) for n, c in bucket.items()} for rate, bucket in exact.items()}
+
+
+def _may_be_exp_polynomial(h: sp.Expr) -> bool:
+    """A cheap necessary condition: sums, products and powers of x (degree <= _MAX_DEGREE) and exp(linear)."""
+    from .budget import polynomial_degree
+
+    def degree(e) -> float:  # the degree in z, exponentials of linear arguments counting 0; inf if not allowed
+        if e == X:
+            return 1.0
+        if not e.args or X not in e.free_symbols:
+            return 0.0
+        if e.is_Add:
+            return max(degree(a) for a in e.args)
+        if e.is_Mul:
+            return sum(degree(a) for a in e.args)
+        if e.is_Pow and e.exp.is_Integer and e.exp >= 0:
+            return degree(e.base) * int(e.exp)
+        if isinstance(e, sp.exp) and polynomial_degree(e.args[0], X) <= 1:
+            return 0.0
+        return float("inf")
+
+    return degree(h) <= _MAX_DEGREE
 
 
 def integrand(act: Activation, functions: Mapping[str, sp.Expr]) -> Integrand:

@@ -37,15 +37,17 @@ class Limit:
 LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
     Limit("grid", 1_000_000, "input variances q in one table", "variance"),
     Limit("plot_points", 20_000, "input variances q on one plot", "variance"),
-    Limit("correlations", 100_000, "correlations c in one kernel call", "correlation"),
-    Limit("samples", 2**33, "Monte Carlo samples", "samples"),
+    Limit("correlations", 20_000, "correlations c in one kernel call", "correlation"),
+    Limit("samples", 2**31, "Monte Carlo samples", "samples"),
     Limit("digits", 200, "significant digits", "digits"),
     Limit("depth", 100_000, "layers", "depth"),
-    Limit("width", 16_384, "units per layer", "width"),
+    Limit("width", 4096, "units per layer", "width"),
     Limit("batch", 1_000_000, "inputs per batch", "batch"),
     Limit("networks", 100_000, "independent networks", "networks"),
-    Limit("propagate_work", 2 * 10**12, "multiply-adds of the depth check (depth x networks x batch x width^2)",
-          "depth"),
+    Limit("propagate_work", 10**11, "multiply-adds of the depth check (depth x networks x width^2 x (batch + 250))",
+          "work"),
+    Limit("memory", 768 * 2**20, "bytes of working memory", "memory"),
+    Limit("line", 10_000, "bias variances on one critical line", "line"),
 )}
 
 

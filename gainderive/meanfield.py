@@ -332,7 +332,7 @@ def fixed_point(activation: Any, weight_variance: float, bias_variance: float = 
 
 # ---------------------------------------------------------------- edge of chaos
 
-def _critical(act: Activation, bias_variances: np.ndarray, q_range) -> list[list[CriticalPoint]]:
+def _critical(act: Activation, bias_variances: np.ndarray, q_range, progress=None) -> list[list[CriticalPoint]]:
     """Critical points for each sigma_b^2, from one scan of h(q) = q - E[f^2] / E[f'^2]."""
     q, (f2, df2, _, _, _) = _scan(act, q_range)
     if np.any(df2 <= 0):
@@ -359,6 +359,8 @@ def _critical(act: Activation, bias_variances: np.ndarray, q_range) -> list[list
         if not points and sb == 0:
             points = _trivial_limit(act)
         out.append(points)
+        if progress is not None:
+            progress(len(out), len(bias_variances))
     return out
 
 
@@ -397,13 +399,26 @@ def edge_of_chaos(activation: Any, bias_variance: float = 0.0, *, q_range: tuple
 
 
 def critical_line(activation: Any, bias_variances: Any, *, q_range: tuple[float, float] = DEFAULT_RANGE,
-                  **params: Any) -> list[CriticalPoint]:
-    """The edge of chaos over a range of sigma_b^2: every critical point for each value, in order."""
-    values = np.atleast_1d(np.asarray(bias_variances, dtype=float))
+                  progress=None, **params: Any) -> list[CriticalPoint]:
+    """The edge of chaos over a range of sigma_b^2: every critical point for each value, in order.
+
+    At most ``limit("line")`` values (a :class:`gainderive.limits.LimitError` beyond, before any work: each needs
+    its own root finding, ~5 ms, so 10,000 take ~45 s);
+    ``progress(done, total)`` is called after each value.
+    """
+    from .limits import check_size
+
+    try:
+        values = np.atleast_1d(np.asarray(bias_variances, dtype=float))
+    except (TypeError, ValueError):
+        raise GainDeriveError(f"bias variances must be real numbers, got {bias_variances!r}") from None
+    if values.ndim != 1 or values.size == 0:
+        raise GainDeriveError(f"bias variances must be a non-empty list of numbers, got shape {values.shape}")
+    check_size("line", values.size, cost=f"about {values.size * 5e-3:.0f} s here")
     for sb in values:
         _check_variances(1.0, sb)
     act = _act(activation, params)
-    return [p for points in _critical(act, values, q_range) for p in points]
+    return [p for points in _critical(act, values, q_range, progress) for p in points]
 
 
 # ---------------------------------------------------------------- correlations, depth scales, isometry
@@ -454,18 +469,58 @@ def correlation_fixed_point(activation: Any, weight_variance: float, bias_varian
     return c, slopes[c]
 
 
+def _check_depth(depth: Any) -> int:
+    """``depth`` as an int if it is an integer >= 1 within the ``depth`` limit, else a one-line error."""
+    from .limits import check_size
+
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+        raise GainDeriveError(f"depth must be an integer >= 1, got {depth!r}")
+    return check_size("depth", int(depth))
+
+
+def _power(log_value: float) -> float:
+    """exp(log_value) without OverflowError: inf above the double range (0 below it, as exp gives)."""
+    return math.inf if log_value > _LOG_MAX else math.exp(log_value)
+
+
+_LOG_MAX = math.log(np.finfo(float).max)
+_LOG_SAFE = 700.0  # |log x| below this: x, x^2 and their products with L stay normal doubles
+
+
 def isometry(activation: Any, weight_variance: float, depth: int, *, variance: float, **params: Any) -> Isometry:
     """Mean and variance of the squared singular values of a depth-L Jacobian at input variance q.
 
-    Pennington, Schoenholz & Ganguli 2017, eqs. for m_1 and sigma^2 of J J^T.
+    Pennington, Schoenholz & Ganguli 2017, eqs. for m_1 and sigma^2 of J J^T.  ``depth`` is an integer >= 1
+    within the ``depth`` limit.  The powers are computed directly where they fit in a double and in logs where
+    they do not (log mean = L log(sigma_w^2 mu_1), log variance = 2 log mean + log L + log(excess)), so a deep
+    network gives inf (chaotic, sigma_w^2 mu_1 > 1) or 0 (ordered) where the value leaves the double range,
+    never an OverflowError.
     """
+    from .moments import check_variance
+
     sw, _ = _check_variances(weight_variance, 0.0)
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
-        raise GainDeriveError(f"depth must be an integer >= 1, got {depth!r}")
-    _, mu1, _, mu2, _ = (float(v) for v in _moments(_act(activation, params), float(variance)))
-    mean = (sw * mu1) ** depth
-    excess = max(mu2 / mu1**2 - 1, 0.0)  # >= 0 by Jensen; a linear f gives 0 up to rounding
-    return Isometry(int(depth), mu1, mu2, mean, mean**2 * depth * (excess + 1), mean**2 * depth * excess)
+    depth = _check_depth(depth)
+    q = check_variance(variance)
+    if np.ndim(q):
+        raise GainDeriveError(f"isometry takes one variance q, got {np.size(q)}")
+    _, mu1, _, mu2, _ = (float(v) for v in _moments(_act(activation, params), float(q)))
+    excess = max(mu2 / mu1**2 - 1, 0.0) if mu1 > 0 else 0.0  # >= 0 by Jensen; a linear f gives 0 up to rounding
+    per_layer = sw * mu1
+    log_mean = depth * math.log(per_layer) if per_layer > 0 else -math.inf
+    try:
+        mean = per_layer**depth  # directly where it fits: exact for per_layer = 1 (relu at 2, the identity)
+    except OverflowError:
+        mean = math.inf
+
+    def spread(factor: float) -> float:  # mean^2 L factor
+        if factor == 0:
+            return 0.0
+        log_value = 2 * log_mean + math.log(depth) + math.log(factor)
+        if abs(2 * log_mean) < _LOG_SAFE and abs(log_value) < _LOG_SAFE:
+            return mean * mean * depth * factor
+        return _power(log_value)
+
+    return Isometry(depth, mu1, mu2, mean, spread(excess + 1), spread(excess))
 
 
 def mean_field(activation: Any, weight_variance: float, bias_variance: float = 0.0, *, depth: int = 50,
@@ -476,6 +531,7 @@ def mean_field(activation: Any, weight_variance: float, bias_variance: float = 0
     ``variance`` fixes q instead of solving for it (only meaningful where every q is a fixed point).
     """
     sw, sb = _check_variances(weight_variance, bias_variance)
+    depth = _check_depth(depth)
     act = _act(activation, params)
     if variance is None:
         fp = fixed_point(act, sw, sb, q_range=q_range)

@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import mpmath as mp
@@ -60,27 +62,64 @@ class Moments:
 
 
 _SMALLEST_NORMAL = float(np.finfo(float).tiny)
+_LARGEST = float(np.finfo(float).max)
+_REAL_KINDS = "fiu"  # numpy dtype kinds taken as q: float, signed and unsigned integer
 
 
-def check_variance(variance: Any, *, scalar: bool = False) -> Any:
-    """Validate q: finite and > 0 (a number, or an array unless ``scalar``)."""
-    if isinstance(variance, bool):
+def check_variance(variance: Any, *, scalar: bool = False, exact: bool = False) -> Any:
+    """Validate q: a real number, finite and > 0 (a number, or an array of them unless ``scalar``).
+
+    By default q is for double precision and comes back as a float or a float64 array; a q written as a
+    string, an mpmath number, a Decimal or a Fraction that under- or overflows double precision is refused
+    with a message naming it, never rounded to 0 or inf.  ``exact=True`` (one q, for the high-precision
+    backend) returns strings, mpmath numbers, Decimals and Fractions as an ``mp.mpf`` at the working
+    precision: a decimal string stays exact there, and any q > 0 is accepted.
+
+    Refused with a one-line :class:`VarianceError`: booleans, None, complex numbers (a q is never silently
+    stripped of its imaginary part), strings that are not numbers, arrays of strings or of Python objects,
+    ragged sequences, empty arrays, q <= 0, nan, inf and (in double precision) subnormal q.
+    """
+    if isinstance(variance, (bool, np.bool_)) or variance is None:
         raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}")
-    if isinstance(variance, (mp.mpf, str)):
+    if isinstance(variance, (complex, np.complexfloating, mp.mpc)):
+        raise VarianceError(f"variance q must be a real number > 0, got the complex number {variance!r}")
+    if isinstance(variance, (str, mp.mpf, Decimal, Fraction)):
+        value, shown = _exact_number(variance)
+        if exact:
+            return value
+        return _double(value, shown, variance)
+    if exact:
+        raise VarianceError("the high-precision backend takes one variance q at a time, as a number or a decimal "
+                            f"string; got {type(variance).__name__}")
+    if isinstance(variance, int):  # a Python int of any size: float() raises rather than return inf
         try:
-            value = mp.mpf(variance)  # at the caller's working precision: decimal strings stay exact there
-        except (ValueError, TypeError):
-            raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}") from None
-        if not (mp.isfinite(value) and value > 0):
-            raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}")
-        return value
+            variance = float(variance)
+        except OverflowError:
+            value, shown = _exact_number(str(variance))
+            return _double(value, shown, value)
     try:
-        q = np.asarray(variance, dtype=float)
+        array = np.asarray(variance)
     except (TypeError, ValueError):
-        raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}") from None
-    if scalar and q.ndim:
+        raise VarianceError("variance q must be a finite number > 0 or a rectangular array of them; got "
+                            f"{_short(variance)}") from None
+    kind = array.dtype.kind
+    if kind == "c":
+        raise VarianceError(f"variance q must be real numbers > 0; got complex numbers ({_short(variance)}): the "
+                            "imaginary part would be lost")
+    if kind not in _REAL_KINDS:
+        what = {"b": "booleans", "U": "strings", "S": "bytes", "O": "Python objects"}.get(kind, array.dtype.name)
+        raise VarianceError(f"variance q must be a finite number > 0 or an array of them (float or int); got an "
+                            f"array of {what} ({_short(variance)})")
+    if scalar and array.ndim:
         raise VarianceError("the high-precision backend takes one variance q at a time")
+    with np.errstate(over="ignore", under="ignore"):
+        q = array.astype(float)
     if q.size == 0 or not np.all(np.isfinite(q)) or not np.all(q > 0):
+        if q.size and kind == "f":  # a longdouble beyond the double range: say so, not "inf" or "0"
+            lost = np.isfinite(array) & (array > 0) & ~(np.isfinite(q) & (q > 0))
+            if lost.any():
+                shown = np.format_float_scientific(array[lost].ravel()[0], precision=6, trim="-")
+                raise VarianceError(_out_of_double_range(shown, np.isinf(q[lost].ravel()[0])))
         bad = q[~(np.isfinite(q) & (q > 0))] if q.size else q
         shown = bad.ravel()[0] if bad.size else "an empty array"
         raise VarianceError(f"variance q must be finite and > 0; got {shown}")
@@ -88,6 +127,74 @@ def check_variance(variance: Any, *, scalar: bool = False) -> Any:
         raise VarianceError(f"variance q = {q[q < _SMALLEST_NORMAL].ravel()[0]:g} is subnormal; in double precision "
                             f"q must be >= {_SMALLEST_NORMAL:.4g} (method=\"high_precision\" takes any q > 0)")
     return q[()] if q.ndim == 0 else q
+
+
+def _short(value: Any) -> str:
+    """A repr short enough for a one-line message."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _exact_number(variance: str | mp.mpf | Decimal | Fraction) -> tuple[mp.mpf, str]:
+    """(q as an mpf at the working precision, how to show it), for a string, mpf, Decimal or Fraction q > 0.
+
+    A q too long to show in a one-line message (a Fraction of 400-digit integers) is shown to 6 digits.
+    """
+    if isinstance(variance, Fraction):
+        value, shown = mp.mpf(variance.numerator) / variance.denominator, str(variance)
+    else:
+        shown = variance.strip() if isinstance(variance, str) else str(variance)
+        try:
+            value = mp.mpf(shown)  # at the caller's working precision: decimal strings stay exact there
+        except (ValueError, TypeError):
+            try:
+                complex(shown.replace(" ", ""))
+            except ValueError:
+                raise VarianceError(f"variance q must be a finite number > 0, got {_short(variance)}") from None
+            raise VarianceError(f"variance q must be a real number > 0, got the complex number {shown!r}") from None
+    if not (mp.isfinite(value) and value > 0):
+        raise VarianceError(f"variance q must be a finite number > 0, got {_short(variance)}")
+    return value, (shown if len(shown) <= 30 else mp.nstr(value, 6))
+
+
+def _double(value: mp.mpf, shown: str, original: str | mp.mpf | Decimal | Fraction) -> float:
+    """The double nearest q > 0 (``value`` is q at the working precision), refused if out of double range.
+
+    The double is rounded once from ``original`` (float() of a decimal string, a Decimal or a Fraction is
+    correctly rounded), not from ``value``, which may already be rounded at the working precision.
+    """
+    if value > _LARGEST or value < np.finfo(float).smallest_subnormal:  # mpf against a double: exact
+        raise VarianceError(_out_of_double_range(shown, value > _LARGEST))
+    nearest = float(original.strip() if isinstance(original, str) else original)
+    return float(check_variance(nearest))  # a subnormal q is refused there, with its own message
+
+
+def _out_of_double_range(shown: str, over: bool) -> str:
+    if over:
+        return (f"variance q = {shown} overflows double precision: the largest q is {_LARGEST:.4g} "
+                "(method=\"high_precision\" takes it)")
+    return (f"variance q = {shown} underflows double precision: the smallest normal q is {_SMALLEST_NORMAL:.4g} "
+            "(method=\"high_precision\" takes it)")
+
+
+#: Fewest significant digits the high-precision backends take: below, their own guard digits dominate.
+MIN_DIGITS = 5
+
+
+def check_digits(digits: Any, default: int) -> int:
+    """The working digits: ``default`` for None, else an int from ``MIN_DIGITS`` to ``limit("digits")``.
+
+    Anything else (0, -5, 30.5, "40", True) is a one-line :class:`GainDeriveError`; more digits than the
+    limit a :class:`~gainderive.limits.LimitError` naming the variable that raises it (mpmath's cost grows
+    faster than the square of the digits: 100,000 would not finish).
+    """
+    from .limits import check_size, limit
+
+    if digits is None:
+        return default
+    if isinstance(digits, (bool, np.bool_)) or not isinstance(digits, (int, np.integer)) or digits < MIN_DIGITS:
+        raise GainDeriveError(f"digits must be an integer from {MIN_DIGITS} to {limit('digits')}; got {digits!r}")
+    return check_size("digits", int(digits))
 
 
 def _run(ig: Integrand, q: Any, method: str, options: dict) -> tuple[Estimate, ...]:
@@ -104,7 +211,9 @@ def _run(ig: Integrand, q: Any, method: str, options: dict) -> tuple[Estimate, .
         from .backends import monte_carlo
 
         return monte_carlo.integrate(ig, q, **_only(options, "samples", "seed", "progress"))
-    raise GainDeriveError(f"unknown method {method!r}; accepted: {', '.join(METHODS)}")
+    from .suggest import accepted, did_you_mean
+
+    raise GainDeriveError(f"unknown method {method!r}{accepted(did_you_mean(str(method), METHODS), METHODS)}")
 
 
 def _only(options: dict, *names: str) -> dict:
@@ -199,10 +308,16 @@ def moments(
     quadrature; float methods then compute at most 32 variances with the high-precision backend at 20 digits,
     rounded to float64 with the rounding added to the error bar, and report ``"high_precision"`` as the method.
     """
-    act, ig, _, infinite = _prepare(activation, method, params)
     options = {"digits": digits, "samples": samples, "seed": seed, "rtol": rtol, "progress": progress}
-    with _working_precision(method, digits, variance) as (q, digits):
-        options["digits"] = digits
+    return _moments(_prepare(activation, method, params), variance, method, options)
+
+
+def _moments(prepared: tuple, variance: Any, method: str, options: dict) -> Moments:
+    """:func:`moments` for an activation already prepared by :func:`_prepare` (a table prepares it once)."""
+    act, ig, _, infinite = prepared
+    rtol = options.get("rtol")
+    with _working_precision(method, options.get("digits"), variance) as (q, digits):
+        options = {**options, "digits": digits}
         if infinite:
             from .singular import raise_if_infinite
 
@@ -219,8 +334,8 @@ def moments(
                 covered = _closed_forms_alone(act, q, rtol or 1e-13)
                 if covered is not None:  # sin at q = 1e8: too oscillatory for panels, exact in closed form
                     return covered
-            return _resolve_singularity(act, q, params, exc)
-        variance_f = _variance(mean, *(centred or (second, None)))
+            return _resolve_singularity(act, q, exc)
+        variance_f = _variance(mean, *(centred or (second, None)), second=second)
         result = Moments(act, q, mean, second, derivative, variance_f, digits=digits)
     if method in ("auto", "closed_form"):
         result = _with_closed_forms(result, rtol or 1e-13)
@@ -244,7 +359,7 @@ _FALLBACK_DIGITS = 20
 _FALLBACK_LIMIT = 32
 
 
-def _resolve_singularity(act: Activation, q: Any, params: dict, failure: GainDeriveError) -> Moments:
+def _resolve_singularity(act: Activation, q: Any, failure: GainDeriveError) -> Moments:
     """The moments by the high-precision backend, q by q, when quadrature failed at an integrable singularity.
 
     Re-raises ``failure`` (with the singular point named) if f has no such point or there are too many q.
@@ -349,30 +464,40 @@ _GUARD = 10
 
 @contextmanager
 def _working_precision(method: str, digits: int | None, variance: Any) -> Iterator[tuple[Any, int | None]]:
-    """Yield (q, digits): validated q; for high precision, inside mpmath's working precision with q exact at it."""
+    """Yield (q, digits): validated q; for high precision, inside mpmath's working precision with q exact at it.
+
+    ``digits`` is validated whatever the method (:func:`check_digits`); float methods do not use it.
+    """
+    digits = check_digits(digits, DEFAULT_DIGITS)
     if method != "high_precision":
         yield check_variance(variance), None
         return
-    digits = digits or DEFAULT_DIGITS
     with mp.workdps(digits + _GUARD):
         yield _exact_variance(variance), digits
 
 
 def _exact_variance(variance: Any) -> mp.mpf:
     """q at the current mpmath precision; a float means the decimal it prints as (0.1 is 1/10)."""
+    if isinstance(variance, (bool, np.bool_)):
+        return check_variance(variance)  # refused
     if isinstance(variance, float):  # np.float64 included: its repr() is not a plain decimal in numpy 2
         variance = repr(float(variance))
     elif isinstance(variance, np.floating):  # float16/32/longdouble: the decimal it prints as in its own type
         variance = np.format_float_scientific(variance, unique=True, trim="-")
-    elif isinstance(variance, (int, np.integer)) and not isinstance(variance, bool):
+    elif isinstance(variance, (int, np.integer)):
         variance = str(int(variance))
-    return check_variance(variance if isinstance(variance, (str, mp.mpf)) else check_variance(variance, scalar=True))
+    elif not isinstance(variance, (str, mp.mpf, Decimal, Fraction)):
+        variance = repr(float(check_variance(variance, scalar=True)))
+    return check_variance(variance, exact=True)
 
 
-def _variance(mean: Estimate, centred: Estimate, shifted: Estimate | None) -> Estimate:
+def _variance(mean: Estimate, centred: Estimate, shifted: Estimate | None, *, second: Estimate) -> Estimate:
     """Var f = E[(f - c)^2] - (E[f - c])^2, with the errors propagated to first order (plus the square).
 
-    ``shifted`` is E[f - c] integrated directly (None when c = 0, where it is E[f] itself).
+    ``shifted`` is E[f - c] integrated directly (None when c = 0, where it is E[f] itself).  In double
+    precision f - c carries f's own rounding, about delta = 4 eps |f| absolute however small f - c is, which
+    moves E[(f - c)^2] by up to 2 sqrt(E[(f - c)^2]) delta + delta^2: a nearly constant f (sigmoid nested 39
+    deep, Var f ~ 1e-50) evaluates to exactly c, and only this term keeps its bar above the true variance.
     """
     if mean.method == "high_precision":  # runs inside the caller's working precision
         if shifted is not None:
@@ -383,7 +508,9 @@ def _variance(mean: Estimate, centred: Estimate, shifted: Estimate | None) -> Es
     source = shifted if shifted is not None else mean
     d, d_error = np.asarray(source.value, dtype=float), np.asarray(source.error, dtype=float)
     value = np.asarray(centred.value) - d * d
-    error = np.asarray(centred.error) + 2 * np.abs(d) * d_error + d_error**2
+    delta = 4 * np.finfo(float).eps * np.sqrt(np.abs(np.asarray(second.value, dtype=float)))
+    rounding = 2 * np.sqrt(np.abs(np.asarray(centred.value, dtype=float))) * delta + delta**2
+    error = np.asarray(centred.error) + 2 * np.abs(d) * d_error + d_error**2 + rounding
     return Estimate(value[()], error[()], mean.method)
 
 
@@ -425,7 +552,11 @@ def expectation(
         raise FormulaError(f"h must be a formula string or a sympy expression, got {type(h).__name__}")
     extra = {s.name for s in expr.free_symbols} - {"f", "df", "x"}
     if extra:
-        raise FormulaError(f"h may use f, df (the derivative) and x only; got {', '.join(sorted(extra))}")
+        from .suggest import VARIABLE_NAMES, did_you_mean
+
+        name = sorted(extra)[0]
+        hint = "; the variable is x" if name in VARIABLE_NAMES else did_you_mean(name, ("f", "df", "x"))
+        raise FormulaError(f"h may use f, df (the derivative) and x only; got {', '.join(sorted(extra))}{hint}")
     expr = expr.subs({sp.Symbol(n, real=True): v for n, v in (("f", F), ("df", DF))})
     functions = {str(h): expr}
     ig = integrand(act, functions)

@@ -22,8 +22,9 @@ if TYPE_CHECKING:  # the parser and sympy load on first use: listing the registr
     import sympy as sp
 
     from .formula import Macro, Parsed
+    from .suggest import Call
 
-__all__ = ["REGISTRY", "activation", "parse_activation_formula", "registry_names"]
+__all__ = ["REGISTRY", "activation", "build", "parse_activation_formula", "registry_names"]
 
 _SELU_ALPHA = "1.6732632423543772848170429916717"
 _SELU_SCALE = "1.0507009873554804934193349852946"
@@ -275,23 +276,13 @@ def _registry_activation(name: str, items: tuple[tuple[str, sp.Expr], ...]) -> A
 
 @cache
 def _formula_activation(text: str, items: tuple[tuple[str, sp.Expr], ...]) -> Activation:
+    """A user formula with its parameters bound (names already checked by :func:`_check_formula_names`)."""
     import sympy as sp
 
     from .formula import parameter_symbol
 
     parsed = parse_activation_formula(text)
-    free = {s.name for s in parsed.expression.free_symbols} - {"x"}
     given = dict(items)
-    missing = sorted(free - set(given))
-    unknown = sorted(set(given) - free)
-    if missing:
-        hint = ", ".join(f"{m}=VALUE" for m in missing)
-        raise ParameterError(f"formula has unbound parameter(s) {', '.join(missing)}; bind them as keyword "
-                             f"arguments: {hint}")
-    if unknown:
-        raise ParameterError(
-            f"formula has no parameter(s) {', '.join(unknown)}; its parameters are: {', '.join(sorted(free)) or 'none'}"
-        )
     values = {parameter_symbol(k): v for k, v in given.items()}
     for cond in parsed.conditions:
         if cond.subs(values, simultaneous=True) is not sp.true:
@@ -301,6 +292,59 @@ def _formula_activation(text: str, items: tuple[tuple[str, sp.Expr], ...]) -> Ac
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Words joined by hyphens or spaces (``leaky-relu``, ``Leaky ReLU``): a name, not a formula, when it is close
+#: to a registry name -- as a formula ``leaky - relu`` it would only fail with "'relu' is a function".
+_SPACED_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-\s]+[A-Za-z0-9]+)+$")
+#: An identifier in formula text (to write a formula's stray variable name as x).
+_WORD = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
+
+
+def _check_formula_names(text: str, given: Mapping[str, object], call: Call | None) -> None:
+    """Every free name of the formula bound, and nothing else given: one-line ParameterErrors otherwise.
+
+    The formula's variable is x: a formula without x whose only unbound name is another (``z*sigmoid(z)``,
+    ``X``, ``input``) gets "the variable is x" with the formula rewritten, rather than "unbound parameter z".
+    """
+    from .suggest import unknown_parameters
+
+    parsed = parse_activation_formula(text)
+    free = {s.name for s in parsed.expression.free_symbols}
+    has_x = "x" in free
+    free.discard("x")
+    unknown = {k: v for k, v in given.items() if k not in free}
+    if unknown:
+        raise ParameterError(unknown_parameters(f"formula {_short(text)}", unknown, sorted(free), call=call))
+    missing = sorted(free - set(given))
+    if len(missing) == 1 and not has_x:
+        name = missing[0]
+        rewritten = _WORD.sub(lambda m: "x" if m[0] == name else m[0], text)
+        raise ParameterError(f"formula {_short(text)} has no x and leaves {name} unbound; the variable is x: write "
+                             f"{rewritten} (or, if {name} is a parameter, bind it as keyword arguments: {name}=VALUE)")
+    if missing:
+        hint = ", ".join(f"{m}=VALUE" for m in missing)
+        raise ParameterError(f"formula has unbound parameter(s) {', '.join(missing)}; bind them as keyword "
+                             f"arguments: {hint}")
+
+
+def _short(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def _unknown_name(key: str) -> UnknownActivationError:
+    from .suggest import VARIABLE_NAMES, accepted, did_you_mean
+
+    names = registry_names()
+    if key in VARIABLE_NAMES:
+        return UnknownActivationError(f"unknown activation {key!r}; the variable of a formula is x: write x (or the "
+                                      "name identity)")
+    hint = did_you_mean(key, [*names, *_ALIASES])
+    return UnknownActivationError(f"unknown activation {key!r}{accepted(hint, names)}, or a formula in x "
+                                  "(`gainderive list` describes each name)")
+
+
+def _merged_parameters(act: Activation, params: Mapping[str, object]) -> dict[str, object]:
+    """An activation's own parameter values, with ``params`` replacing the ones it names."""
+    return {**act.params, **params}
 
 
 def activation(spec: str | Activation, **params: object) -> Activation:
@@ -311,27 +355,49 @@ def activation(spec: str | Activation, **params: object) -> Activation:
     >>> activation("x*sigmoid(1.702*x)").breakpoints
     ()
 
-    Unknown names and parameters raise :class:`UnknownActivationError` or
-    :class:`ParameterError`; formulas outside the whitelist raise
-    :class:`FormulaError`.
+    Given an :class:`Activation`, ``params`` replace the values of the parameters they name and the others keep
+    the activation's values.  Names are exact: ``Relu``, ``gleu`` and ``leaky-relu`` are refused with a
+    did-you-mean, not mapped silently, since case matters inside formulas (``Phi`` is a function, ``phi`` a
+    parameter).  Unknown names and parameters raise :class:`UnknownActivationError` or :class:`ParameterError`
+    (with the closest name, and the API keyword meant when a parameter is one, e.g. ``q`` for ``variance``);
+    formulas outside the whitelist raise :class:`FormulaError`.
+    """
+    return build(spec, params)
+
+
+def build(spec: str | Activation, params: Mapping[str, object], *, call: Call | None = None) -> Activation:
+    """:func:`activation`, with ``call`` describing the API function that received ``params``.
+
+    ``call`` only improves the message for a parameter that is really one of that function's keywords
+    (``gain("gelu", q=2)``: "the input variance q is variance=2 (gain(activation, variance, mode, method,
+    **params))").
     """
     if isinstance(spec, Activation):
         if not params:
             return spec
-        spec = spec.formula if spec.name not in REGISTRY else spec.name
+        params = _merged_parameters(spec, params)
+        spec = spec.name if spec.name in REGISTRY else spec.formula
     if not isinstance(spec, str):
         raise FormulaError(f"an activation is a registry name or a formula string, got {type(spec).__name__}")
     key = spec.strip()
     key = _ALIASES.get(key, key)
-    values = {name: _parameter_value(name, v) for name, v in params.items()}
     if key in REGISTRY:
+        from .suggest import unknown_parameters
+
         entry = REGISTRY[key]
-        unknown = sorted(set(values) - set(entry.params))
+        unknown = {k: v for k, v in params.items() if k not in entry.params}
         if unknown:
-            accepted = ", ".join(entry.params) or "none"
-            raise ParameterError(f"{key} has no parameter(s) {', '.join(unknown)}; accepted: {accepted}")
+            raise ParameterError(unknown_parameters(key, unknown, entry.params, call=call))
+        values = {name: _parameter_value(name, v) for name, v in params.items()}
         return _registry_activation(key, tuple(sorted(values.items())))
     if _IDENTIFIER.match(key) and key != "x":
-        names = ", ".join(registry_names())
-        raise UnknownActivationError(f"unknown activation {key!r}; accepted: {names}, or a formula in x")
+        raise _unknown_name(key)
+    if _SPACED_NAME.match(key) and "x" not in re.split(r"[-\s]+", key):
+        from .suggest import closest, fold
+
+        match = closest(key, [*REGISTRY, *_ALIASES])
+        if match is not None and (fold(match) == fold(key) or len(fold(key)) >= 6):  # "a - b" is no "abs"
+            raise _unknown_name(key)
+    _check_formula_names(key, params, call)
+    values = {name: _parameter_value(name, v) for name, v in params.items()}
     return _formula_activation(key, tuple(sorted(values.items())))

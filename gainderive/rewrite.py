@@ -28,6 +28,11 @@ and its coefficients positive where the identity needs it):
   ``(1 - exp(-2*u))/(1 + exp(-2*u))`` and ``sinh(u)/cosh(u)`` are ``tanh(u)``, ``expm1(x)/(exp(x) + 1)`` is
   ``tanh(x/2)``; other sums in the numerator are distributed over D term by term.
 
+Every rewrite is an optimisation, never needed for a correct value, so its symbolic work is bounded
+(:mod:`gainderive.budget`): an exponent whose expansion would exceed the ``terms`` or ``degree`` budget
+(``exp((x + 1)**4096)/(1 + exp(x))`` spent 11 s expanding 4,097 terms of 1,200-digit integers) is not
+matched, and a formula whose rewriting outlasts ``rewrite_seconds`` is left entirely as typed.
+
 What no rule covers is left as typed (``exp(2*x)/(1 + exp(x))``, ``cosh(x)*exp(-x**2/4)``):
 :class:`gainderive.evaluate.Program` then re-evaluates any non-finite double in
 interval arithmetic, so an overflowing intermediate whose result is finite
@@ -53,19 +58,29 @@ _MAX_POWER = 8  # (1 + exp(-x))**-k beyond this is no activation anyone types; l
 
 
 def stable(expression: sp.Basic) -> sp.Basic:
-    """``expression`` with every unstable pattern above replaced by its stable form (an identity)."""
+    """``expression`` with every unstable pattern above replaced by its stable form (an identity).
+
+    Within the ``rewrite_seconds`` budget; past it, the expression is returned as typed.
+    """
+    from .budget import Budget, SymbolicBudgetError
+
+    budget = Budget("stable rewriting stopped", "rewrite_seconds")
     memo: dict[sp.Basic, sp.Basic] = {}
-    return _walk(expression, memo)
+    try:
+        return _walk(expression, memo, budget)
+    except SymbolicBudgetError:
+        return expression
 
 
-def _walk(e: sp.Basic, memo: dict, factor: bool = False) -> sp.Basic:
+def _walk(e: sp.Basic, memo: dict, budget, factor: bool = False) -> sp.Basic:
     """Rewrite bottom-up; a factor of a product waits for the product, which may hold its numerator."""
     if not e.args or X not in e.free_symbols:
         return e
     if (e, factor) in memo:
         return memo[e, factor]
+    budget.check("rewriting")
     product = isinstance(e, sp.Mul)
-    args = tuple(_walk(a, memo, product) for a in e.args)
+    args = tuple(_walk(a, memo, budget, product) for a in e.args)
     node = e.func(*args) if args != e.args else e
     if isinstance(node, sp.log):
         node = _log(node.args[0]) or node
@@ -183,12 +198,25 @@ def _quotient(node: sp.Expr) -> sp.Expr | None:
     return None if ratio is None else sp.Mul(*rest) * ratio
 
 
+def _small_expand(e: sp.Expr) -> sp.Expr | None:
+    """``sympy.expand(e)``, or None where the result would exceed the terms or degree budget (no rewrite then)."""
+    from .budget import expanded_terms, in_force, polynomial_degree
+
+    if not e.has(X):
+        return e
+    limits = in_force()
+    degree = polynomial_degree(e, X)
+    if (degree > limits.degree and degree != float("inf")) or expanded_terms(e) > limits.terms:
+        return None
+    return sp.expand(e)
+
+
 def _ratio(b: sp.Expr, terms: list[tuple[sp.Expr, sp.Expr]], k: int) -> sp.Expr | None:
     """e^b / D^k as sigmoids, if b splits into m exponents a_1 and k - m exponents a_2 up to a constant."""
     (c1, a1), (c2, a2) = terms
     for m in range(k + 1):
-        left = sp.expand(b - m * a1 - (k - m) * a2)
-        if left.has(X):
+        left = _small_expand(b - m * a1 - (k - m) * a2)
+        if left is None or left.has(X):
             continue
         first = sigmoid(a1 - a2 + sp.log(c1 / c2)) / c1  # e^{a1}/D
         second = sigmoid(a2 - a1 + sp.log(c2 / c1)) / c2  # e^{a2}/D
@@ -202,8 +230,11 @@ def _tanh_ratio(numerator: sp.Expr, terms: list[tuple[sp.Expr, sp.Expr]]) -> sp.
     if upper is None or len(upper) != 2:
         return None
     (c1, a1), (c2, a2) = terms
-    by_exponent = {sp.expand(a): n for n, a in upper}
-    n1, n2 = by_exponent.get(sp.expand(a1)), by_exponent.get(sp.expand(a2))
+    expanded = [_small_expand(a) for a in (a1, a2, *(a for _, a in upper))]
+    if any(a is None for a in expanded):
+        return None
+    by_exponent = {a: n for (n, _), a in zip(upper, expanded[2:])}
+    n1, n2 = by_exponent.get(expanded[0]), by_exponent.get(expanded[1])
     if n1 is None or n2 is None:
         return None
     scale = n1 / c1

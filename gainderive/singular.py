@@ -341,13 +341,25 @@ def _exact_breakpoint(act: Activation, value: float):
 
 
 def _real_roots(base) -> list:
-    """Real roots of a power base or log argument: exact for polynomials, by a scan and refinement otherwise."""
+    """Real roots of a power base or log argument: exact for polynomials, by a scan and refinement otherwise.
+
+    A product or a power is split into its factors first: the roots of ``((x + 1)**64)**64`` are those of
+    ``x + 1``.  A polynomial beyond the ``degree`` budget (:mod:`gainderive.budget`) is not handed to
+    ``Poly.real_roots`` (which did not finish on ``(x + 1)**4096 + 1``): it is scanned like any other function.
+    """
     import sympy as sp
 
+    from .budget import in_force, polynomial_degree
     from .formula import X
 
     if base.free_symbols - {X}:
         return []
+    if base.is_Mul:
+        return [r for factor in base.args if factor.has(X) for r in _real_roots(factor)]
+    if base.is_Pow and base.exp.is_number and base.exp.is_positive and base.base.has(X):
+        return _real_roots(base.base)
+    if polynomial_degree(base, X) > in_force().degree:
+        return _scanned_roots(base)
     try:
         poly = sp.Poly(base, X)
         if all(c.is_number for c in poly.all_coeffs()):

@@ -11,6 +11,11 @@ for log|x|) its column holds inf, gain_fan_out holds 0, and the column's method
 (in the metadata) gives the reason.  CSV writes ``inf`` (which float() and
 every CSV reader parse); JSON has no infinity, so JSON rows hold the string
 ``"inf"`` there; Markdown shows ``inf``.
+
+Bounded: a grid holds at most ``limit("grid")`` q (:mod:`gainderive.limits`), checked before anything is
+allocated; the moments are computed ``ROWS_PER_CHUNK`` q at a time, so the table's own 15 columns are the
+only memory that grows with the grid, and the text formats are written chunk by chunk
+(:meth:`Table.write`, :func:`write_tables`), never built as one string.
 """
 
 from __future__ import annotations
@@ -18,20 +23,21 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import GainDeriveError
+from .errors import GainDeriveError, VarianceError
+from .limits import check_size
+from .output import write_atomic
 
 if TYPE_CHECKING:
     from .activation import Activation
 
-__all__ = ["COLUMNS", "Lookup", "Table", "parse_variance_spec", "table", "write_atomic"]
+__all__ = ["COLUMNS", "FORMATS", "Lookup", "Table", "parse_variance_spec", "table", "write_atomic", "write_tables"]
 
 MOMENT_COLUMNS = ("mean", "second_moment", "derivative_second_moment", "variance_f")
 GAIN_COLUMNS = ("gain_fan_in", "gain_fan_out", "gain_variance")
@@ -46,36 +52,80 @@ CONVENTIONS = {
 }
 
 
+#: q per pass of :func:`table`: the moments' working memory is that of one chunk, whatever the grid.
+ROWS_PER_CHUNK = 4096
+_SPEC_FORMS = "accepted forms are start:stop:count[:log|lin] or a comma list a,b,c"
+
+
 def parse_variance_spec(spec: str | Any) -> np.ndarray:
     """q values from ``start:stop:count[:log|lin]`` (log spacing by default) or a comma list, e.g. ``0.5,1,2``.
 
-    An array-like is accepted as is.  Every q must be finite and > 0; count >= 1.
+    An array-like is accepted as is.  Every q must be a finite number > 0 in double precision (a start of
+    ``1e-400`` is refused as underflowing, not rounded to 0); count is a whole number >= 1 (``1e6`` is
+    accepted) and, like the length of a list, at most ``limit("grid")``, checked before any q is allocated:
+    a larger grid raises :class:`~gainderive.limits.LimitError` naming the limit and how to raise it.
     """
+    from .moments import check_variance
+
     if not isinstance(spec, str):
-        q = np.asarray(spec, dtype=float).ravel()
-    elif ":" in spec:
-        parts = spec.split(":")
-        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3] not in ("log", "lin")):
-            raise GainDeriveError(f"variance spec {spec!r}: accepted forms are start:stop:count[:log|lin] or a,b,c")
         try:
-            start, stop, count = float(parts[0]), float(parts[1]), int(parts[2])
-        except ValueError:
-            raise GainDeriveError(f"variance spec {spec!r}: start and stop must be numbers, count an integer") from None
-        if count < 1:
-            raise GainDeriveError(f"variance spec {spec!r}: count must be at least 1")
-        if not (math.isfinite(start) and math.isfinite(stop) and start > 0 and stop > 0):
-            raise GainDeriveError(f"variance spec {spec!r}: start and stop must be finite and > 0")
-        spacing = parts[3] if len(parts) == 4 else "log"
+            q = np.ravel(check_variance(spec))
+        except VarianceError as exc:
+            raise VarianceError(f"variance {_for_tables(exc)}") from None
+        check_size("grid", q.size)
+        return q
+    if ":" in spec:
+        parts = spec.split(":")
+        if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3].strip() not in ("log", "lin")):
+            raise GainDeriveError(f"variance spec {spec!r}: {_SPEC_FORMS}")
+        count = _count(spec, parts[2])
+        check_size("grid", count)
+        start, stop = (_spec_q(spec, part, name) for part, name in ((parts[0], "start"), (parts[1], "stop")))
+        spacing = parts[3].strip() if len(parts) == 4 else "log"
         q = np.geomspace(start, stop, count) if spacing == "log" else np.linspace(start, stop, count)
     else:
+        items = spec.split(",")
+        check_size("grid", len(items))
+        q = np.array([_spec_q(spec, item, "") for item in items])
+    try:
+        return np.ravel(check_variance(q))  # linear spacing between normal ends can pass through subnormals
+    except VarianceError as exc:
+        raise VarianceError(f"variance spec {spec!r}: {_for_tables(exc)}") from None
+
+
+def _count(spec: str, text: str) -> int:
+    """The count of a start:stop:count spec: a whole number >= 1, written as an integer or as 1e6."""
+    text = text.strip()
+    try:
+        count = int(text)
+    except ValueError:
         try:
-            q = np.array([float(v) for v in spec.split(",")])
+            value = float(text)
         except ValueError:
-            raise GainDeriveError(f"variance spec {spec!r}: accepted forms are start:stop:count[:log|lin] or a,b,c") \
+            value = math.nan
+        if not (math.isfinite(value) and value.is_integer()):
+            raise GainDeriveError(f"variance spec {spec!r}: count must be a whole number >= 1, got {text!r}") \
                 from None
-    if q.size == 0 or not np.all(np.isfinite(q)) or not np.all(q > 0):
-        raise GainDeriveError(f"variance spec {spec!r}: every q must be finite and > 0")
-    return q
+        count = int(value)
+    if count < 1:
+        raise GainDeriveError(f"variance spec {spec!r}: count must be a whole number >= 1, got {text!r}")
+    return count
+
+
+def _spec_q(spec: str, text: str, name: str) -> float:
+    """One q of a spec: a finite number > 0 in double precision, or a one-line error naming the spec."""
+    from .moments import check_variance
+
+    try:
+        return float(check_variance(text))
+    except VarianceError as exc:
+        raise VarianceError(f"variance spec {spec!r}: {_for_tables(exc, name)}") from None
+
+
+def _for_tables(exc: VarianceError, name: str = "") -> str:
+    """check_variance's message for a table's q: tables are double precision, so no high-precision hint."""
+    text = re.sub(r' \(method="high_precision"[^)]*\)', "", str(exc)).removeprefix("variance ")
+    return f"{name} {text}" if name else text
 
 
 @dataclass(frozen=True)
@@ -157,20 +207,73 @@ class Table:
                                   "there is nothing to interpolate")
         interpolant = PchipInterpolator(logq, values)
         inside = np.concatenate([logq[:-1] + f * np.diff(logq) for f in (0.2, 0.4, 0.6, 0.8)])
-        exact = table(self.activation, np.exp(inside)).columns[column]
+        exact = _columns(_prepared(self.activation, "auto", {}), np.exp(inside), "auto", None)[0][column]
         scale = np.maximum(np.abs(exact), np.max(np.abs(values)) * 1e-12)
         error = float(np.max(np.abs(interpolant(inside) - exact) / np.where(scale > 0, scale, 1.0)))
         return Lookup(column, float(self.q.min()), float(self.q.max()), error, interpolant)
 
     # -- text formats ---------------------------------------------------------------------------------------
+    # Each format is produced as an iterator of text chunks (one per ROWS_PER_CHUNK rows), so a table of a
+    # million rows is written without ever holding its text: to_csv() and friends join the same chunks.
+    def iter_csv(self) -> Iterator[str]:
+        """The CSV text in chunks: ``# key: json`` metadata lines, the header, one row per q (floats as repr)."""
+        yield "".join(f"# {key}: {json.dumps(value)}\n" for key, value in self.meta.items())
+        yield ",".join(COLUMNS) + "\n"
+        for rows in self._row_chunks():
+            yield "".join(",".join(map(repr, row)) + "\n" for row in rows)
+
+    def iter_json(self, indent: int | None = None) -> Iterator[str]:
+        """The text of ``json.dumps(self.to_json(), indent=indent)``, in chunks."""
+        head = json.dumps({"meta": self.meta, "columns": list(COLUMNS), "rows": []}, indent=indent)
+        head = head[: head.rindex("[]")]  # "rows" is the last key: everything up to its (empty) list
+        if not self.q.size:
+            yield head + "[]" + ("\n}" if indent is not None else "}")
+            return
+        if indent is None:
+            opening, separator, closing = "[", ", ", "]}"
+        else:
+            step = " " * indent
+            opening, separator, closing = "[\n" + 2 * step, ",\n" + 2 * step, "\n" + step + "]\n}"
+        yield head + opening
+        first = True
+        for rows in self._row_chunks():
+            dumped = [json.dumps([_json_number(v) for v in row], indent=indent) for row in rows]
+            if indent is not None:
+                dumped = [d.replace("\n", "\n" + 2 * step) for d in dumped]
+            yield ("" if first else separator) + separator.join(dumped)
+            first = False
+        yield closing
+
+    def iter_markdown(self) -> Iterator[str]:
+        """The Markdown table in chunks (moments and gains; the error columns are in CSV and JSON)."""
+        shown = ("variance", *MOMENT_COLUMNS, *GAIN_COLUMNS)
+        yield "\n".join([f"### {self.activation.name}", "", f"f(x) = `{self.activation.formula}`; method: "
+                         + ", ".join(f"{k}: {v}" for k, v in self.methods.items()), "",
+                         "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]) + "\n"
+        index = [COLUMNS.index(c) for c in shown]
+        for rows in self._row_chunks():
+            yield "".join("| " + " | ".join(f"{row[i]:.10g}" for i in index) + " |\n" for row in rows)
+
+    def write(self, stream: IO[str] | IO[bytes], format: str = "csv", *, indent: int | None = None) -> None:
+        """Write the table as ``format`` (csv, json or markdown) to a text or binary stream, chunk by chunk."""
+        _write_chunks(stream, self._chunks(format, indent))
+
+    def _chunks(self, format: str, indent: int | None) -> Iterator[str]:
+        if format == "csv":
+            return self.iter_csv()
+        if format == "json":
+            return self.iter_json(indent)
+        if format == "markdown":
+            return self.iter_markdown()
+        raise GainDeriveError(f"unknown format {format!r}; accepted: {', '.join(FORMATS)}")
+
+    def _row_chunks(self) -> Iterator[list[list[float]]]:
+        """Rows as lists of Python floats (whose repr is the shortest exact one), ROWS_PER_CHUNK at a time."""
+        for lo in range(0, self.q.size, ROWS_PER_CHUNK):
+            yield np.column_stack([self.columns[c][lo:lo + ROWS_PER_CHUNK] for c in COLUMNS]).tolist()
+
     def to_csv(self) -> str:
-        buffer = io.StringIO()
-        for key, value in self.meta.items():
-            buffer.write(f"# {key}: {json.dumps(value)}\n")
-        buffer.write(",".join(COLUMNS) + "\n")
-        for i in range(self.q.size):
-            buffer.write(",".join(repr(float(self.columns[c][i])) for c in COLUMNS) + "\n")
-        return buffer.getvalue()
+        return "".join(self.iter_csv())
 
     def to_json(self) -> dict[str, Any]:
         """Metadata, column names and rows; an infinite entry is the string "inf" (JSON has no infinity)."""
@@ -178,13 +281,63 @@ class Table:
                                                                        for c in COLUMNS] for i in range(self.q.size)]}
 
     def to_markdown(self) -> str:
-        shown = ("variance", *MOMENT_COLUMNS, *GAIN_COLUMNS)
-        lines = [f"### {self.activation.name}", "", f"f(x) = `{self.activation.formula}`; method: "
-                 + ", ".join(f"{k}: {v}" for k, v in self.methods.items()), "",
-                 "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-        for i in range(self.q.size):
-            lines.append("| " + " | ".join(f"{self.columns[c][i]:.10g}" for c in shown) + " |")
-        return "\n".join(lines) + "\n"
+        return "".join(self.iter_markdown())
+
+
+#: Text formats of :meth:`Table.write` and :func:`write_tables`.
+FORMATS = ("csv", "json", "markdown")
+
+
+def write_tables(stream: IO[str] | IO[bytes], tables: Iterable[Table], format: str = "csv", *,
+                 as_list: bool | None = None, indent: int | None = 1) -> None:
+    """Write several tables to one stream as the ``table`` command prints them, one table at a time.
+
+    ``tables`` may be a generator: each table is written and dropped before the next is computed, so memory
+    holds one table.  csv and markdown: the tables' texts separated by a blank line.  json: one object, or
+    (``as_list``, by default when ``tables`` has more than one element) a JSON list of them, as
+    ``json.dumps(..., indent=indent)`` followed by a newline.
+    """
+    if format not in FORMATS:
+        raise GainDeriveError(f"unknown format {format!r}; accepted: {', '.join(FORMATS)}")
+    if as_list is None:
+        tables = list(tables) if not hasattr(tables, "__len__") else tables
+        as_list = len(tables) != 1  # type: ignore[arg-type]
+    _write_chunks(stream, _tables_chunks(tables, format, as_list, indent))
+
+
+def _tables_chunks(tables: Iterable[Table], format: str, as_list: bool, indent: int | None) -> Iterator[str]:
+    # each table is dropped (del) once written, before the next is computed: one table in memory at a time
+    if format != "json":
+        first = True  # not enumerate(), whose reused result tuple would keep the last table alive
+        for t in tables:
+            if not first:
+                yield "\n"
+            first = False
+            yield from t._chunks(format, None)
+            del t
+        return
+    if not as_list:
+        for t in tables:
+            yield from t.iter_json(indent)
+            del t
+        yield "\n"
+        return
+    step = "" if indent is None else " " * indent
+    inner = "\n" + step
+    opening, separator, closing = ("[", ", ", "]") if indent is None else ("[" + inner, "," + inner, "\n]")
+    empty = True
+    for t in tables:
+        yield opening if empty else separator
+        empty = False
+        yield from (chunk.replace("\n", inner) for chunk in t.iter_json(indent))
+        del t
+    yield ("[]" if empty else closing) + "\n"
+
+
+def _write_chunks(stream: IO[str] | IO[bytes], chunks: Iterable[str]) -> None:
+    binary = isinstance(stream, (io.RawIOBase, io.BufferedIOBase)) or "b" in getattr(stream, "mode", "")
+    for chunk in chunks:
+        stream.write(chunk.encode("utf-8") if binary else chunk)
 
 
 def _json_number(value: Any) -> float | str:
@@ -193,41 +346,56 @@ def _json_number(value: Any) -> float | str:
 
 
 def table(activation: str | Activation, variance: Any = DEFAULT_SPEC, *, method: str = "auto",
-          **params: Any) -> Table:
-    """Moments and gains of ``activation`` at every q of ``variance`` (a spec string or an array)."""
-    from .gains import gains
-    from .moments import moments
+          progress: Callable[[int, int], None] | None = None, **params: Any) -> Table:
+    """Moments and gains of ``activation`` at every q of ``variance`` (a spec string or an array).
 
+    ``variance`` holds at most ``limit("grid")`` q, checked before any work (:func:`parse_variance_spec`).
+    The q are computed ``ROWS_PER_CHUNK`` at a time, each with its own error budget (a q's row does not
+    depend on the other q of the grid); ``progress(done, total)``, if given, is called after each chunk
+    with the number of q done.  ``method``: auto, closed_form, quadrature or monte_carlo (a table is in
+    double precision; high precision takes one q at a time, see :func:`gainderive.moments`).
+    """
+    if method == "high_precision":
+        raise GainDeriveError("a table is computed in double precision: method takes auto, closed_form, quadrature "
+                              "or monte_carlo (moments(..., method=\"high_precision\") takes one q at a time)")
     q = parse_variance_spec(variance)
-    m = moments(activation, q, method, **params)
-    g = gains(m)
-    columns = {"variance": q}
+    prepared = _prepared(activation, method, params)
+    columns, methods = _columns(prepared, q, method, progress)
+    return Table(prepared[0], columns, methods)
+
+
+def _prepared(activation: str | Activation, method: str, params: dict) -> tuple:
+    from .moments import _prepare
+
+    return _prepare(activation, method, params)
+
+
+def _columns(prepared: tuple, q: np.ndarray, method: str,
+             progress: Callable[[int, int], None] | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The table's columns at q, computed chunk by chunk into arrays allocated once, and each column's method.
+
+    Where chunks used different methods (a closed form accurate enough in some chunks only) the column's
+    method names each, in order of q.
+    """
+    from .gains import gains
+    from .moments import _moments
+
+    columns = {"variance": q, **{c: np.empty(q.size) for c in COLUMNS[1:]}}
     names = dict(zip(MOMENT_COLUMNS, ("mean", "second_moment", "derivative_second_moment", "variance")))
-    for column, name in names.items():
-        est = getattr(m, name)
-        columns[column] = np.broadcast_to(np.asarray(est.value, dtype=float), q.shape).copy()
-        columns[f"{column}_error"] = np.broadcast_to(np.asarray(est.error, dtype=float), q.shape).copy()
-    for column, name in zip(GAIN_COLUMNS, ("fan_in", "fan_out", "variance")):
-        columns[column] = np.broadcast_to(np.asarray(getattr(g, name).value, dtype=float), q.shape).copy()
-    methods = {column: getattr(m, name).method for column, name in names.items()}
-    return Table(m.activation, columns, methods)
-
-
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never a half-written file."""
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise GainDeriveError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise GainDeriveError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    used: dict[str, list[str]] = {column: [] for column in names}
+    for lo in range(0, q.size, ROWS_PER_CHUNK):
+        hi = min(lo + ROWS_PER_CHUNK, q.size)
+        part = q[lo:hi]
+        m = _moments(prepared, part, method, {})
+        g = gains(m)
+        for column, name in names.items():
+            est = getattr(m, name)
+            columns[column][lo:hi] = np.broadcast_to(np.asarray(est.value, dtype=float), part.shape)
+            columns[f"{column}_error"][lo:hi] = np.broadcast_to(np.asarray(est.error, dtype=float), part.shape)
+            if est.method not in used[column]:
+                used[column].append(est.method)
+        for column, name in zip(GAIN_COLUMNS, ("fan_in", "fan_out", "variance")):
+            columns[column][lo:hi] = np.broadcast_to(np.asarray(getattr(g, name).value, dtype=float), part.shape)
+        if progress is not None:
+            progress(hi, q.size)
+    return columns, {column: "; ".join(found) for column, found in used.items()}

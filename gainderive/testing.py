@@ -44,7 +44,8 @@ from typing import Any
 
 import mpmath as mp
 
-from .errors import ConvergenceError, FormulaError, GainDeriveError
+from .errors import ConvergenceError, DuplicateParameterError, FormulaError, GainDeriveError
+from .suggest import Call
 
 __all__ = ["DerivationError", "Verified", "assert_gain", "assert_moment"]
 
@@ -94,6 +95,7 @@ def _exact_floats(expr):
 
 def _claim_expression(expected: Any, free: set[str]):
     """A formula claim as a sympy expression in Q and parameter symbols, or None if it is not a formula."""
+    __tracebackhide__ = True
     import sympy as sp
 
     from .closed_form import Q
@@ -110,10 +112,16 @@ def _claim_expression(expected: Any, free: set[str]):
     if expr.has(sp.I):
         raise GainDeriveError(f"the claim {expr} is not real; a claim must be a real number or formula")
     names = {s.name for s in expr.free_symbols}
-    unknown = names - free - {"q"}
+    unknown = sorted(names - free - {"q"})
     if unknown:
-        raise FormulaError(f"the claim uses {', '.join(sorted(unknown))}; it may use q and the activation's "
-                           f"parameters ({', '.join(sorted(free)) or 'none'})")
+        from .suggest import KEYWORD_ALIASES, accepted, closest
+
+        first = unknown[0]
+        meant = "q" if KEYWORD_ALIASES.get(first) == "variance" or first in ("x", "variance") else \
+            closest(first, ["q", *free])
+        hint = f"; did you mean {meant!r}?" if meant else ""
+        listed = f"q (the input variance) and the activation's parameters ({', '.join(sorted(free)) or 'none'})"
+        raise FormulaError(f"the claim uses {', '.join(unknown)}{accepted(hint, listed)}")
     return expr.subs({sp.Symbol("q"): Q, parameter_symbol("q"): Q})
 
 
@@ -393,10 +401,12 @@ def _claim_value(expr, q: str, digits: int, floor: mp.mpf) -> _Tracked:
 class _Derivation:
     """The derived side of a claim: a closed form if there is one, and high-precision values at any q."""
 
-    def __init__(self, activation, moment: str, params: Mapping[str, Any] | None, mode: str | None = None):
-        from .registry import activation as make_activation
+    def __init__(self, activation, moment: str, params: Mapping[str, Any] | None, mode: str | None = None,
+                 call: Call | None = None):
+        __tracebackhide__ = True
+        from .registry import build
 
-        self.act = make_activation(activation, **dict(params or {}))
+        self.act = build(activation, dict(params or {}), call=call)
         self.moment, self.mode = moment, mode
         self.explicit_params = bool(params)
 
@@ -457,18 +467,22 @@ def _proved_equal(claim, form) -> bool:
     """True when claim - form is 0 as an identity (after normalising erf/Phi); False when that is not shown quickly."""
     import sympy as sp
 
+    from .budget import Budget, SymbolicBudgetError
+
     try:
         difference = _erfc_form(claim) - _erfc_form(form)
         if difference == 0:
             return True
         if sp.count_ops(difference) > 4 * SIMPLIFY_MAX_OPS:
             return False
-        if sp.expand(difference) == 0:
+        # ((q+1)**64)**64 is three operations that expand to 4097 terms: the terms budget refuses it up front
+        if Budget("cannot prove the claim symbolically", "closed_form_seconds").expand(difference, "the claim") == 0:
             return True
         if sp.count_ops(difference) > SIMPLIFY_MAX_OPS:
             return False
         return sp.simplify(difference) == 0
-    except (TypeError, ValueError, ArithmeticError, RecursionError, AttributeError, NotImplementedError):
+    except (SymbolicBudgetError, TypeError, ValueError, ArithmeticError, RecursionError, AttributeError,
+            NotImplementedError):
         return False
 
 
@@ -510,6 +524,7 @@ def _callable_value(expected: Callable, q: str) -> tuple[Any, str | None]:
 
 
 def _check(derivation: _Derivation, expected: Any, variance: Any, rtol: float | None, what: str) -> Verified:
+    __tracebackhide__ = True  # a failing test shows the user's line and the report, not this frame
     claim = _claim_expression(expected, derivation.parameters)
     form = derivation.form()
     if claim is not None and form is not None:
@@ -547,6 +562,7 @@ def _check(derivation: _Derivation, expected: Any, variance: Any, rtol: float | 
 
 def _compare_at(derivation: _Derivation, act, q: str, claim, expected: Any, tolerance: mp.mpf, digits: int) -> _Row:
     """One row of the comparison: the claim and the derivation at (act, q), and whether they differ."""
+    __tracebackhide__ = True
     derived = derivation.value(q, act, digits)
     with mp.workdps(digits + 10):
         value, bar = mp.mpf(derived.value), mp.mpf(derived.error)
@@ -579,7 +595,7 @@ def _compare_at(derivation: _Derivation, act, q: str, claim, expected: Any, tole
 
 def _message(derivation, expected, claim, form, rows, tolerance, what) -> str:
     name = derivation.act.name
-    lines = [f"{what} of {name} is refuted:",
+    lines = [f"the claimed {what} of {name} differs from the derivation:",
              f"  claim      {claim if claim is not None else _describe(expected)}",
              f"  derived    {form if form is not None else '(no closed form; 30-digit quadrature below)'}",
              f"  {'q':>8}  {'params':<22} {'claim':>24}  {'derived':>24}  rel. error"]
@@ -600,7 +616,8 @@ def _describe(expected: Any) -> str:
 
 
 def assert_moment(activation, moment: str, expected: Any, *, variance: Any = None,
-                  params: Mapping[str, Any] | None = None, rtol: float | None = None) -> Verified:
+                  params: Mapping[str, Any] | None = None, rtol: float | None = None,
+                  **parameters: Any) -> Verified:
     """Check a claimed Gaussian moment of ``activation``; raise :class:`DerivationError` if it is wrong.
 
     ``moment`` is mean, second_moment, derivative_second_moment, variance, or a formula in f, df and x
@@ -608,26 +625,58 @@ def assert_moment(activation, moment: str, expected: Any, *, variance: Any = Non
     default 1e-12), a callable of q, or a formula in q and the parameters (proved symbolically or checked at
     30 digits over several q and parameter values).  A NaN or infinite number is a :class:`GainDeriveError`;
     a callable or formula that is NaN, infinite or complex at some q is refuted there.
+
+    The activation's parameters are keyword arguments (``alpha=2``) or the mapping ``params``; one given in
+    both is a :class:`~gainderive.errors.DuplicateParameterError`.
+
+    A failure inside pytest shows the calling line and the report only: this module's frames carry
+    ``__tracebackhide__``.
     """
+    __tracebackhide__ = True
     _validate(moment, expected)
-    return _check(_Derivation(activation, moment, params), expected, variance, rtol, _label(moment))
+    derivation = _Derivation(activation, moment, _parameters(params, parameters), call=_MOMENT_CALL)
+    return _check(derivation, expected, variance, rtol, _label(moment))
 
 
 def assert_gain(activation, expected: Any, *, mode: str = "fan_in", variance: Any = None,
-                params: Mapping[str, Any] | None = None, rtol: float | None = None) -> Verified:
+                params: Mapping[str, Any] | None = None, rtol: float | None = None,
+                **parameters: Any) -> Verified:
     """Check a claimed variance-preserving gain (std = gain / sqrt(fan)); see :func:`assert_moment`."""
+    __tracebackhide__ = True
     if mode not in MODES:
-        raise GainDeriveError(f"unknown mode {mode!r}; accepted: {', '.join(MODES)}")
+        from .suggest import accepted, did_you_mean
+
+        raise GainDeriveError(f"unknown mode {mode!r}{accepted(did_you_mean(mode, MODES), MODES)}")
     _validate("second_moment", expected)
-    return _check(_Derivation(activation, "second_moment", params, mode), expected, variance, rtol,
-                  f"gain_{mode}")
+    derivation = _Derivation(activation, "second_moment", _parameters(params, parameters), mode, _GAIN_CALL)
+    return _check(derivation, expected, variance, rtol, f"gain_{mode}")
+
+
+_MOMENT_CALL = Call("assert_moment(activation, moment, expected, *, variance=None, params=None, rtol=None, **params)",
+                    ("variance", "rtol"))
+_GAIN_CALL = Call("assert_gain(activation, expected, *, mode='fan_in', variance=None, params=None, rtol=None, "
+                  "**params)", ("mode", "variance", "rtol"))
+
+
+def _parameters(mapping: Mapping[str, Any] | None, keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """The activation's parameters from ``params=`` and keyword arguments; a name in both is refused."""
+    __tracebackhide__ = True
+    if mapping is not None and not isinstance(mapping, Mapping):
+        raise GainDeriveError(f"params must be a mapping of parameter names to values; got {type(mapping).__name__}")
+    both = sorted(set(mapping or {}) & set(keywords))
+    if both:
+        raise DuplicateParameterError(f"parameter {', '.join(both)} is given twice, in params= and as a keyword "
+                                      "argument; give it once")
+    return {**(mapping or {}), **keywords}
 
 
 def _validate(moment: str, expected: Any) -> None:
+    __tracebackhide__ = True
     import sympy as sp
 
     if not isinstance(moment, str) or not moment.strip():
         raise GainDeriveError(f"moment must be one of {', '.join(MOMENTS)} or a formula in f, df and x")
+    _validate_moment(moment.strip())
     if isinstance(expected, bool) or not isinstance(expected, (numbers.Real, Decimal, str, sp.Basic, Callable)):
         raise GainDeriveError(f"expected must be a real number, a callable of q or a formula; "
                               f"got {type(expected).__name__}")
@@ -636,3 +685,27 @@ def _validate(moment: str, expected: Any) -> None:
         if not _finite_real(number):
             raise GainDeriveError(f"expected is {expected!r}; a claimed value must be a finite number (a NaN or "
                                   "infinite claim is never verified)")
+
+
+#: The names a moment formula may use: the activation, its derivative and the pre-activation.
+_MOMENT_NAMES = ("f", "df", "x")
+
+
+def _validate_moment(moment: str) -> None:
+    """A moment is one of MOMENTS or a formula in f, df and x; a near miss of either gets a did-you-mean."""
+    __tracebackhide__ = True
+    from .formula import parse_formula
+    from .suggest import VARIABLE_NAMES, accepted, closest, did_you_mean
+
+    if moment in MOMENTS:
+        return
+    listed = f"{', '.join(MOMENTS)}, or a formula in f, df and x such as df**4"
+    if moment.isidentifier() and moment not in _MOMENT_NAMES:
+        hint = did_you_mean(moment, [*MOMENTS, *_MOMENT_NAMES])
+        raise GainDeriveError(f"unknown moment {moment!r}{accepted(hint, listed)}")
+    extra = sorted({s.name for s in parse_formula(moment).free_symbols} - set(_MOMENT_NAMES))
+    if extra:
+        meant = ["x" if name in VARIABLE_NAMES else closest(name, _MOMENT_NAMES) for name in extra]
+        hint = f"; did you mean {' and '.join(repr(m) for m in meant if m)}?" if any(meant) else ""
+        names = "f, df (the derivative) and x (the pre-activation)"
+        raise FormulaError(f"the moment {moment!r} uses {', '.join(extra)}{accepted(hint, names)}")

@@ -138,3 +138,18 @@ def test_unknown_names():
         gd.activation("rleu")
     with pytest.raises(FormulaError):
         gd.activation(42)
+
+
+def test_parameters_given_to_an_activation_object_replace_only_the_ones_they_name():
+    # SELU's two parameters: changing scale must keep a non-default alpha (it used to fall back to the default)
+    selu = gd.activation("selu", alpha=2)
+    rescaled = gd.activation(selu, scale=3)
+    assert rescaled.params["alpha"] == 2 and rescaled.params["scale"] == 3
+    assert gd.activation(gd.activation("x*a + b", a=1, b=2), b=5).parameter_values == {"a": 1.0, "b": 5.0}
+    assert gd.activation(selu) is selu
+
+
+def test_names_are_exact_and_a_near_miss_is_suggested_not_accepted():
+    # decided: no silent case folding (Phi is a function in formulas, phi a parameter); tests/test_suggest.py
+    with pytest.raises(UnknownActivationError, match="did you mean 'relu'"):
+        gd.activation("Relu")

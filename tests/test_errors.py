@@ -9,6 +9,7 @@ import gainderive as gd
 from gainderive.errors import (
     DiracDerivativeError,
     DivergenceError,
+    DuplicateParameterError,
     FormulaError,
     GainDeriveError,
     ParameterError,
@@ -23,6 +24,10 @@ CASES = [
     ("nosuch", {}, UnknownActivationError, "unknown activation"),
     ("elu", {"gamma": 1}, ParameterError, "no parameter"),
     ("x*k", {}, ParameterError, "unbound"),
+    ("gelu", {"q": 2.0}, ParameterError, "give it as variance=2.0"),  # the input variance is not a parameter
+    ("elu(x, 2, alpha=3)", {}, DuplicateParameterError, "'alpha' twice"),
+    ("leaky-relu", {}, UnknownActivationError, "did you mean 'leaky_relu'?"),
+    ("z*sigmoid(z)", {}, ParameterError, "the variable is x: write x*sigmoid(x)"),
     ("elu", {"variance": 0.0}, VarianceError, "> 0"),
     ("elu", {"variance": -1.0}, VarianceError, "> 0"),
     ("elu", {"variance": float("nan")}, VarianceError, "finite"),

@@ -252,3 +252,74 @@ def test_critical_and_meanfield_commands(capsys, tmp_path):
     png = tmp_path / "line.png"
     assert main(["critical", "tanh", "--line", "0:0.4:5", "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- depth and line sizes (issue #12)
+
+def _status(argv):
+    """main's exit status; argparse's own usage errors leave through SystemExit with the same status."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+@pytest.mark.parametrize("depth", [0, -5, 2.5, True, "50"])
+def test_depth_must_be_an_integer_at_least_one(depth):
+    for call in (lambda: mf.isometry("relu", 2.0, depth, variance=1.0),
+                 lambda: mf.mean_field("no_such_activation", 1.5, 0.05, depth=depth)):  # checked before any work
+        with pytest.raises(GainDeriveError, match="depth must be an integer >= 1") as info:
+            call()
+        assert "\n" not in str(info.value)
+
+
+def test_depth_beyond_its_limit_is_refused(monkeypatch, capsys):
+    from gainderive.limits import LimitError
+
+    with pytest.raises(LimitError, match="GAINDERIVE_MAX_DEPTH"):
+        mf.mean_field("tanh", 1.5, 0.05, depth=10**9)  # the issue's reproducer: overflowed before
+    assert _status(["meanfield", "tanh", "-w", "1.5", "--depth", "1000000000"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setenv("GAINDERIVE_MAX_DEPTH", "10")
+    with pytest.raises(LimitError, match="exceeds the limit of 10"):
+        mf.isometry("relu", 2.0, 11, variance=1.0)
+
+
+def test_isometry_at_huge_depth_is_inf_zero_or_exact_never_an_overflow(monkeypatch):
+    monkeypatch.setenv("GAINDERIVE_MAX_DEPTH", "1e9")
+    chaotic = mf.isometry("tanh", 3.0, 10**9, variance=1.0)  # 3 E[tanh'^2] = 1.39 > 1 per layer
+    assert chaotic.mean == chaotic.variance_gaussian == chaotic.variance_orthogonal == math.inf
+    ordered = mf.isometry("tanh", 1.0, 10**9, variance=1.0)  # 0.46 per layer
+    assert ordered.mean == ordered.variance_gaussian == ordered.variance_orthogonal == 0.0
+    relu = mf.isometry("relu", 2.0, 10**9, variance=1.0)  # exactly 1 per layer: mean 1, variances 2L and L
+    assert (relu.mean, relu.variance_gaussian, relu.variance_orthogonal) == (1.0, 2e9, 1e9)
+    linear = mf.isometry("identity", 4.0, 10**9, variance=1.0)  # 4^L overflows; excess 0: variance exactly 0
+    assert (linear.mean, linear.variance_orthogonal) == (math.inf, 0.0) and linear.variance_gaussian == math.inf
+
+
+# mean^2 below exp(700) (the direct power) and above it (the log path, variance still finite: 1.7e307)
+@pytest.mark.parametrize("depth", [1000, 1057])
+def test_isometry_near_the_double_range_against_mpmath(depth):
+    iso = mf.isometry("tanh", 3.0, depth, variance=1.0)
+    with mp.workdps(40):
+        mean = (3 * mp.mpf(iso.mu1)) ** depth
+        excess = mp.mpf(iso.mu2) / mp.mpf(iso.mu1) ** 2 - 1
+        variance = mean**2 * depth * excess
+    # the powers of the same mu1, mu2 in mpmath: depth x log(per layer) carries ~depth x eps relative rounding
+    # (the direct power: a few ulps; the log path: |log variance| ~ 710 times eps), so 1e-12 bounds both
+    assert iso.mean == pytest.approx(float(mean), rel=1e-12)
+    assert iso.variance_orthogonal == pytest.approx(float(variance), rel=1e-12)
+
+
+def test_critical_line_length_is_limited_before_work_and_reports_progress():
+    from gainderive.limits import LimitError, limit
+
+    with pytest.raises(LimitError, match="10,001 bias variances on one critical line.*GAINDERIVE_MAX_LINE") as info:
+        mf.critical_line("no_such_activation", np.linspace(0, 1, limit("line") + 1))
+    assert "\n" not in str(info.value)
+    seen = []
+    mf.critical_line("erf", [0.05, 0.1, 0.2], progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    for bad in ([], "0.1,0.2", [[0.1, 0.2]]):
+        with pytest.raises(GainDeriveError, match="bias variances"):
+            mf.critical_line("erf", bad)

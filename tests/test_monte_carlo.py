@@ -6,6 +6,9 @@ import pytest
 from closed_forms import closed_form
 
 import gainderive as gd
+from gainderive.backends.monte_carlo import _CHUNK
+from gainderive.errors import GainDeriveError
+from gainderive.limits import LimitError
 
 LIMIT = 5.0  # standard errors; with fixed seeds the test is deterministic, 5 SE leaves no room for flakiness
 
@@ -57,3 +60,71 @@ def test_progress_callback_reaches_the_total():
     seen = []
     gd.moments("relu", 1.0, method="monte_carlo", samples=100_000, progress=lambda d, t: seen.append((d, t)))
     assert seen[-1] == (100_000, 100_000) and len(seen) > 1
+
+
+# ---------------------------------------------------------------- bounded before any work, and within a chunk
+
+def test_the_issues_sample_count_is_refused_at_once_with_a_time_estimate():
+    # derive --check --samples 10000000000000 ran ~25 h with no progress: now one line, before the first draw,
+    # stating the time from the rate measured on this integrand (1e13 at ~1e8 evaluations/s: about a day)
+    import time
+
+    seen = []
+    start = time.perf_counter()
+    with pytest.raises(LimitError, match=r"10,000,000,000,000 Monte Carlo samples.*about .* (hours|days) here.*"
+                                         r"GAINDERIVE_MAX_SAMPLES") as info:
+        gd.moments("relu", 1.0, method="monte_carlo", samples=10**13, progress=lambda d, t: seen.append(d))
+    assert time.perf_counter() - start < 2 and not seen and "\n" not in str(info.value)
+
+
+def test_limit_counts_samples_times_variances(monkeypatch):
+    monkeypatch.setenv("GAINDERIVE_MAX_SAMPLES", "1000")
+    gd.moments("relu", [1.0, 2.0], method="monte_carlo", samples=500)  # 2 x 500 = 1000: at the limit
+    with pytest.raises(LimitError, match="3 variances x 500 samples"):
+        gd.moments("relu", [1.0, 2.0, 3.0], method="monte_carlo", samples=500)
+    with pytest.raises(LimitError, match="1,002 Monte Carlo samples"):  # the stratified path: checked the same
+        gd.moments("gelu", 1.0, method="monte_carlo", samples=1002)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"samples": 0}, "samples must be an integer >= 4"), ({"samples": 2.5}, "samples must be an integer >= 4"),
+    ({"samples": True}, "samples must be an integer >= 4"), ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"seed": 1.0}, "seed must be an integer >= 0"), ({"seed": True}, "seed must be an integer >= 0"),
+])
+def test_bad_samples_and_seeds_are_one_line_errors(kwargs, match):
+    with pytest.raises(GainDeriveError, match=match) as info:
+        gd.moments("relu", 1.0, method="monte_carlo", **kwargs)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["relu", "gelu"])  # the plain and the stratified path
+def test_progress_per_chunk_and_interrupt_within_one_chunk(name):
+    samples = 10 * 2 * _CHUNK
+    seen = []
+    gd.moments(name, 1.0, method="monte_carlo", samples=samples, progress=lambda d, t: seen.append((d, t)))
+    assert len(seen) >= 10 and seen[-1] == (samples, samples)
+    assert all(b[0] - a[0] <= 2 * _CHUNK for a, b in zip(seen, seen[1:]))  # at most one chunk between calls
+
+    calls = []
+
+    def interrupt(done, total):
+        calls.append(done)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        gd.moments(name, 1.0, method="monte_carlo", samples=samples, progress=interrupt)
+    assert calls == [seen[0][0]]  # stopped at the first chunk's report
+
+
+def test_memory_is_one_chunk_not_the_sample_count():
+    # 2^22 evaluations would be 32 MiB per array if held at once; chunks of 16,384 draws keep the peak near 1 MiB
+    import tracemalloc
+
+    gd.moments("elu", 1.0, method="monte_carlo", samples=4096)  # warm caches (integrand programs) first
+    tracemalloc.start()
+    try:
+        gd.moments("elu", 1.0, method="monte_carlo", samples=2**22)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20

@@ -1,13 +1,14 @@
 """Verifying hand derivations: the classic initialisation results, refuted claims, bad input, the plugin."""
 
 import math
+import re
 import subprocess
 import sys
 
 import pytest
 
 from gainderive.cli import main
-from gainderive.errors import GainDeriveError
+from gainderive.errors import DuplicateParameterError, GainDeriveError, ParameterError
 from gainderive.testing import DerivationError, assert_gain, assert_moment
 
 
@@ -45,7 +46,7 @@ def test_glorot_fan_avg_for_the_identity():
 def test_elu_rule_of_thumb_is_an_approximation_not_an_identity():
     # "ELU needs about 1.55/n" (Clevert et al. 2016 discussion): q / E f^2 at q = 1 is 1.5505...
     assert_gain("elu", "sqrt(1.55)", variance="1", rtol=2e-4)
-    with pytest.raises(DerivationError, match="gain_fan_in of elu is refuted"):
+    with pytest.raises(DerivationError, match="the claimed gain_fan_in of elu differs from the derivation"):
         assert_gain("elu", "sqrt(1.55)")  # as an identity in q it is wrong: 1.04 at q = 0.01, 1.40 at q = 30
 
 
@@ -54,8 +55,9 @@ def test_a_plausible_wrong_derivation_is_refuted_readably():
     with pytest.raises(DerivationError) as info:
         assert_gain("relu", "sqrt(q/(q/2 - q/(2*pi)))")
     message = str(info.value)
-    for text in ("gain_fan_in of relu is refuted", "claim", "derived    sqrt(2)", "<-- differs", "rel. error"):
+    for text in ("the claimed gain_fan_in of relu differs", "claim", "derived    sqrt(2)", "<-- differs", "rel. error"):
         assert text in message
+    assert "refuted" not in message  # the CLI prints "refuted: <message>": the word once, from the CLI
     with pytest.raises(DerivationError, match="E\\[f\\(z\\)\\^2\\] of relu"):
         assert_moment("relu", "second_moment", "q/4")  # off by 2, at every q
 
@@ -69,7 +71,15 @@ def test_numbers_callables_and_general_expectations():
 
 
 @pytest.mark.parametrize(("call", "match"), [
-    (lambda: assert_moment("relu", "second_momnet", "q/2"), "f, df"),
+    (lambda: assert_moment("relu", "second_momnet", "q/2"), "unknown moment 'second_momnet'; did you mean "
+                                                            "'second_moment'?"),
+    (lambda: assert_moment("relu", "Mean", "q/2"), "did you mean 'mean'?"),
+    (lambda: assert_moment("relu", "dff**2", "1/2"), "uses dff; did you mean 'df'?"),
+    (lambda: assert_moment("relu", "z**2", "q"), "uses z; did you mean 'x'?"),
+    (lambda: assert_moment("relu", "nonsense", "q"), "accepted: mean, second_moment"),
+    (lambda: assert_moment("relu", "second_moment", "x/2"), "the claim uses x; did you mean 'q'?"),
+    (lambda: assert_moment("prelu", "second_moment", "(1 + A**2)*q/2"), "the claim uses A; did you mean 'a'?"),
+    (lambda: assert_gain("relu", "sqrt(2)", mode="fanout"), "did you mean 'fan_out'?"),
     (lambda: assert_moment("relu", "second_moment", "q/2 +"), "cannot parse"),
     (lambda: assert_moment("relu", "second_moment", "q*alpha"), "alpha"),
     (lambda: assert_moment("elu", "second_moment", "q", params={"beta": 1}), "no parameter"),
@@ -78,8 +88,18 @@ def test_numbers_callables_and_general_expectations():
     (lambda: assert_moment("x*k", "second_moment", "q"), "unbound"),
 ])
 def test_bad_input_is_an_error_never_a_pass(call, match):
-    with pytest.raises(GainDeriveError, match=match):
+    with pytest.raises(GainDeriveError, match=re.escape(match)):
         call()
+
+
+def test_parameters_as_keywords_and_given_twice():
+    # He et al. 2015 for PReLU at a = 1/2: gain sqrt(2/(1 + a^2)) = sqrt(8/5); a keyword pins a as params= does
+    assert assert_gain("prelu", "sqrt(2/(1 + a**2))", a=0.5).how == "symbolic"
+    assert_gain("prelu", math.sqrt(8 / 5), a="1/2")
+    with pytest.raises(DuplicateParameterError, match="alpha is given twice"):
+        assert_moment("elu", "second_moment", "q", params={"alpha": 1}, alpha=2)
+    with pytest.raises(ParameterError, match=re.escape("the input variance q is variance=2 (assert_gain(")):
+        assert_gain("relu", "sqrt(2)", q=2)  # a keyword of the function, misnamed, is named as such
 
 
 def test_fixture(derivation):
@@ -90,11 +110,52 @@ def test_fixture(derivation):
 
 def test_plugin_is_registered_for_installed_gainderive(tmp_path):
     test_file = tmp_path / "test_user.py"
-    test_file.write_text("def test_he(derivation):\n    derivation.gain('relu', 'sqrt(2)')\n\n"
-                         "def test_wrong(derivation):\n    derivation.moment('relu', 'second_moment', 'q/4')\n")
+    test_file.write_text("from gainderive.testing import assert_moment\n\n"
+                         "def test_he(derivation):\n    derivation.gain('relu', 'sqrt(2)')\n\n"
+                         "def test_wrong(derivation):\n    derivation.moment('relu', 'second_moment', 'q/4')\n\n"
+                         "def test_wrong_directly():\n    assert_moment('relu', 'second_moment', 'q/4')\n")
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test_file)],
                           capture_output=True, text=True, cwd=tmp_path, check=False)
-    assert "1 failed, 1 passed" in done.stdout and "is refuted" in done.stdout
+    assert "2 failed, 1 passed" in done.stdout and "differs from the derivation" in done.stdout
+    # __tracebackhide__: each failure shows the user's line and the report (5 q rows), none of gainderive's frames
+    assert ">       derivation.moment('relu', 'second_moment', 'q/4')" in done.stdout
+    assert ">       assert_moment('relu', 'second_moment', 'q/4')" in done.stdout
+    assert "gainderive/testing.py" not in done.stdout and "gainderive/pytest_plugin.py" not in done.stdout
+    assert "def _check" not in done.stdout and "__tracebackhide__" not in done.stdout
+    failures = done.stdout.split("= FAILURES =")[1].split("short test summary")[0]
+    assert failures.count("\n") < 2 * 22, failures  # 2 reports of ~14 lines, not ~50 lines of source each
+
+
+def test_plugin_and_package_import_no_engine_until_used():
+    # every pytest run in an environment with gainderive imports the plugin: it must not load sympy & co.
+    script = (
+        "import sys\n"
+        "import gainderive.pytest_plugin\n"
+        "import gainderive\n"
+        "heavy = sorted(m for m in ('sympy', 'scipy', 'mpmath', 'numpy', 'gainderive.testing') if m in sys.modules)\n"
+        "assert heavy == [], heavy\n"
+        # a submodule named like an exported function (moments, gains, activation) does not replace the function
+        "import gainderive.moments, gainderive.gains, gainderive.activation\n"
+        "assert callable(gainderive.moments) and callable(gainderive.gains) and callable(gainderive.activation)\n"
+        "assert gainderive.activation('relu').name == 'relu'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_lazy_package_exports_what_it_did():
+    import gainderive
+
+    namespace: dict = {}
+    exec("from gainderive import *", namespace)  # our own constant string, not user input
+    assert set(gainderive.__all__) <= set(namespace) | {"__version__"}
+    assert set(gainderive.__all__) <= set(dir(gainderive))
+    assert set(gainderive.__all__) == {*gainderive._EXPORTS, "__version__"}  # every export has its module
+    assert callable(namespace["moments"]) and callable(namespace["plot"]) and callable(namespace["gain"])
+    assert namespace["init"].__name__ == "gainderive.init" and gainderive.tables.__name__ == "gainderive.tables"
+    with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
+        _ = gainderive.no_such_name
 
 
 @pytest.mark.parametrize(("argv", "status"), [

@@ -45,11 +45,22 @@ depend on the other variances in the batch.
 
 Samples are processed in fixed-size chunks, so memory does not grow with the
 sample count; sums are accumulated around a shift (the first chunk's mean) so
-that the variance does not cancel when E[h] is large against its spread.
+that the variance does not cancel when E[h] is large against its spread.  The
+progress callback is called after every chunk (a few milliseconds of work), so
+a KeyboardInterrupt raised there or by Ctrl-C stops the run within one chunk.
+
+**Bounded before any work.**  ``samples`` must be an integer >= 4 and ``seed``
+an integer >= 0 (:func:`check_seed`); the total number of evaluations, samples
+times the number of variances, is checked against the ``samples`` limit of
+:mod:`gainderive.limits` before the first draw (:func:`check_samples`), and a
+refusal states how long the run would take, from the rate measured in two
+short runs of this very integrand (50-150 million evaluations a second on one
+core of the 2-core reference machine, so 10^13 samples would take about a day).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -62,7 +73,7 @@ from ..estimate import Estimate
 if TYPE_CHECKING:
     from ..integrand import Integrand
 
-__all__ = ["DEFAULT_SAMPLES", "FEATURE_SCALES", "Strata", "integrate", "stratify"]
+__all__ = ["DEFAULT_SAMPLES", "FEATURE_SCALES", "Strata", "check_samples", "check_seed", "integrate", "stratify"]
 
 DEFAULT_SAMPLES = 2**21
 _CHUNK = 16384  # draws per chunk (x2 evaluations): large enough to amortise the calls, small enough for cache
@@ -213,6 +224,71 @@ def _pair_sums(integrand: Integrand, z: np.ndarray) -> np.ndarray:
         return y
 
 
+def check_seed(seed) -> int:
+    """``seed`` as an int if it is an integer >= 0 (what numpy's generators accept), else GainDeriveError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise GainDeriveError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+# Evaluations per second assumed when no integrand is at hand to time: the slowest rate measured on the
+# reference machine (gelu, stratified integrands: 5e7/s; relu 1.5e8/s), so the estimate errs long, not short.
+_NOMINAL_RATE = 5e7
+
+
+def check_samples(samples, variances: int = 1, integrand: Integrand | None = None, variance: float = 1.0) -> int:
+    """``samples`` as an int if it is an integer >= 4 within the ``samples`` limit, else a one-line error.
+
+    The limit applies to the total evaluations, ``samples`` per variance times ``variances``.  When it is
+    exceeded the message estimates the run time from the sampling rate of ``integrand`` at ``variance``
+    measured on a short run (~10 ms), or from a conservative nominal rate without an integrand.
+    """
+    from ..limits import check_size, limit
+
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 4:
+        raise GainDeriveError(f"samples must be an integer >= 4, got {samples!r}")
+    samples = int(samples)
+    total = samples * int(variances)
+    if total > limit("samples"):
+        overhead, rate = _measured_cost(integrand, variance) if integrand is not None else (0.0, _NOMINAL_RATE)
+        seconds = int(variances) * (overhead + samples / rate)
+        each = f"{int(variances):,} variances x {samples:,} samples, " if variances > 1 else ""
+        check_size("samples", total, cost=f"{each}about {_duration(seconds)} here at {rate:.2g} evaluations/s")
+    return samples
+
+
+def _measured_cost(integrand: Integrand, variance: float) -> tuple[float, float]:
+    """(seconds per variance, evaluations per second) of this very integrand, from two short real runs.
+
+    t(n) = overhead + n / rate per variance; two runs of 2 and 10 chunks give the marginal rate and the
+    overhead (the strata set-up), about 10 ms in all.
+    """
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        if _features(integrand) or integrand.breakpoints not in ((), (0.0,)):
+            _integrate_strata(integrand, variance, n, 0, None)
+        else:
+            _integrate_plain(integrand, variance, n, 0, None)
+        return time.perf_counter() - start
+
+    small, large = 4 * _CHUNK, 20 * _CHUNK
+    try:
+        run(small)  # warm-up: first calls of the numpy programs
+        t_small, t_large = run(small), run(large)
+    except GainDeriveError:  # e.g. more strata than a short run can fill: the nominal rate, no overhead
+        return 0.0, _NOMINAL_RATE
+    rate = (large - small) / max(t_large - t_small, 1e-9)
+    return max(t_small - small / rate, 0.0), rate
+
+
+def _duration(seconds: float) -> str:
+    """A rough human duration: '40 seconds', '3.2 hours', '26 days'."""
+    for unit, size in (("years", 365.25 * 86400), ("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.2g} {unit}"
+    return f"{seconds:.2g} seconds"
+
+
 def integrate(
     integrand: Integrand,
     variance,
@@ -224,14 +300,16 @@ def integrate(
     """Monte Carlo estimates of E[h_j(z)], z ~ N(0, q), with one standard error each.
 
     ``samples`` counts evaluations of h per variance (two per draw: z and -z); at least 4, and at
-    least 4 per stratum when the integrand is stratified.  ``progress(done, total)`` is called after
-    each chunk if given, counting evaluations.
+    least 4 per stratum when the integrand is stratified; samples times the number of variances is
+    within the ``samples`` limit (:func:`check_samples`).  ``seed`` is an integer >= 0.
+    ``progress(done, total)`` is called after each chunk if given, counting evaluations.
     """
-    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 4:
-        raise GainDeriveError(f"samples must be an integer >= 4, got {samples!r}")
+    seed = check_seed(seed)
+    first = float(np.ravel(np.asarray(variance, dtype=float))[0]) if np.size(variance) else 1.0
+    samples = check_samples(samples, int(np.size(variance)), integrand, first)
     if _features(integrand) or integrand.breakpoints not in ((), (0.0,)):
-        return _integrate_strata(integrand, variance, int(samples), seed, progress)
-    return _integrate_plain(integrand, variance, int(samples), seed, progress)
+        return _integrate_strata(integrand, variance, samples, seed, progress)
+    return _integrate_plain(integrand, variance, samples, seed, progress)
 
 
 def _integrate_plain(integrand, variance, samples, seed, progress) -> tuple[Estimate, ...]:

@@ -64,7 +64,10 @@ DEFAULT_RTOL = 1e-13
 TAIL = 38.5
 _T_GRID = (2.0, 5.0, 9.0, TAIL)
 _MAX_ROUNDS = 64
-_MAX_PANELS = 2_000_000
+#: Variances integrated together: the working memory is that of one chunk (a few tens of MB), whatever the grid.
+Q_CHUNK = 4096
+_PANELS_PER_Q = 50_000  # panels one q may evaluate in one adaptive pass: its own budget, never the batch's
+_IN_FLIGHT = 250_000  # panels in one round of a batch (~60 MB of rule output); beyond, the batch is split
 _CHUNK = 1024
 _EPS = np.finfo(float).eps
 _TINY = np.finfo(float).tiny
@@ -184,39 +187,49 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL,
     Returns one :class:`Estimate` per h_j whose value and error have the shape
     of ``variance`` (q > 0 and finite).  Raises :class:`DivergenceError` when
     the integrand is not finite or does not decay, :class:`ConvergenceError`
-    when the tolerance is not met (a singular or divergent integrand).
+    when the tolerance is not met at some q (a singular or divergent integrand).
+
+    The variances are taken ``Q_CHUNK`` at a time, so the working memory is that of one chunk whatever the
+    number of q; every q has its own tolerance and its own panel budget, so its value and error do not depend
+    on the other q of the call.
 
     Where q is so small that the integrand is rounding noise (sigmoid's (f - 1/2)^2 at q = 1e-20) or its
     halves cancel (ELU's mean at q = 1e-40), E[h_j] comes from the Taylor series of h at 0
     (:mod:`.series`) for each (h_j, q) where that meets the tolerance; ``small_variance_series=False``
     turns this off.
     """
+    q = np.asarray(variance, dtype=float)
+    shape, flat = q.shape, q.ravel()
+    value = np.empty((len(integrand.labels), flat.size))
+    error = np.empty_like(value)
+    for lo in range(0, flat.size, Q_CHUNK):
+        hi = min(lo + Q_CHUNK, flat.size)
+        value[:, lo:hi], error[:, lo:hi] = _integrate_chunk(integrand, flat[lo:hi], rtol, small_variance_series)
+    return tuple(Estimate(value[j].reshape(shape)[()], error[j].reshape(shape)[()], "quadrature")
+                 for j in range(len(integrand.labels)))
+
+
+def _integrate_chunk(integrand: Integrand, q: np.ndarray, rtol: float,
+                     small_variance_series: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(value, error), each (m, len(q)), for a flat array of at most ``Q_CHUNK`` variances."""
     # ---- begin: small-variance Taylor series (gainderive/backends/series.py) ----
     if small_variance_series:
         from . import series
 
-        flat = np.asarray(variance, dtype=float).ravel()
-        found = series.integrate(integrand, flat, rtol)
+        found = series.integrate(integrand, q, rtol)
         if found is not None and found[2].any():
             value, error, usable = found
             rest = ~usable.all(axis=0)
             if rest.any():  # quadrature for the q where some h_j is not served by the series
-                quad = integrate(integrand, flat[rest], rtol=rtol, small_variance_series=False)
-                for j, est in enumerate(quad):
-                    take = ~usable[j, rest]
-                    value[j, rest] = np.where(take, est.value, value[j, rest])
-                    error[j, rest] = np.where(take, est.error, error[j, rest])
-            shape = np.shape(variance)
-            return tuple(Estimate(value[j].reshape(shape)[()], error[j].reshape(shape)[()], "quadrature")
-                         for j in range(len(integrand.labels)))
+                quad_value, quad_error = _integrate_chunk(integrand, q[rest], rtol, False)
+                take = ~usable[:, rest]
+                value[:, rest] = np.where(take, quad_value, value[:, rest])
+                error[:, rest] = np.where(take, quad_error, error[:, rest])
+            return value, error
     # ---- end: small-variance Taylor series ----
-    q = np.asarray(variance, dtype=float)
-    shape = q.shape
-    q = q.ravel()
     m = len(integrand.labels)
     cuts = np.asarray(integrand.breakpoints, dtype=float)
     exact = [k for k, terms in enumerate(integrand.exact_terms) if terms is not None]
-    everywhere = np.arange(q.size)
 
     # 1. pieces that are sums of z^n e^{az}: exact, with a bound on their rounding error.  A piece is trusted
     # where it is finite and its bound is below half its size; elsewhere (ELU's (e^z - 1)^2 at small q, a
@@ -238,7 +251,7 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL,
     panels = [k for k in range(len(integrand.numpy_pieces)) if k not in exact]
     panel = [np.zeros((m, q.size)) for _ in range(3)]
     if panels:
-        panel = list(_adaptive(integrand, cuts, q, everywhere, panels, rtol, exact_sum(0), exact_sum(2)))
+        panel = list(_adaptive(integrand, cuts, q, panels, rtol, exact_sum(0), exact_sum(2)))
 
     # 3. exact pieces that are untrusted or whose rounding exceeds their share of the tolerance: panels there.
     # The rest of the sum is formed from the other pieces, never as total - this piece: where this piece's
@@ -250,21 +263,39 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL,
         if redo.size:
             rest_total = (panel[0] + exact_sum(0, skip=k))[:, redo]
             rest_l1 = (panel[2] + exact_sum(2, skip=k))[:, redo]
-            value[:, redo], err[:, redo], absolute[:, redo] = _adaptive(integrand, cuts, q[redo], redo, [k], rtol,
+            value[:, redo], err[:, redo], absolute[:, redo] = _adaptive(integrand, cuts, q[redo], [k], rtol,
                                                                        rest_total, rest_l1)
     total, error = panel[0] + exact_sum(0), panel[1] + exact_sum(1)
     if not np.all(np.isfinite(total)):
         j, i = (int(v[0]) for v in np.nonzero(~np.isfinite(total)))
         raise DivergenceError(f"E[{integrand.labels[j]}] at q = {q[i]:g} overflows double precision; the "
                               "expectation diverges or leaves the double range (method='high_precision' uses mpmath)")
-    return tuple(Estimate(total[j].reshape(shape)[()], error[j].reshape(shape)[()], "quadrature") for j in range(m))
+    return total, error
 
 
-def _adaptive(integrand: Integrand, cuts, q, index, pieces, rtol, offset_total, offset_l1):
-    """Adaptive Gauss-Kronrod over the given pieces for the variances q (``index`` into the caller's q).
+def _adaptive(integrand: Integrand, cuts, q, pieces, rtol, offset_total, offset_l1):
+    """Adaptive Gauss-Kronrod over the given pieces for the variances q; (total, error, l1), each (m, len(q)).
 
-    The tolerance is taken relative to offset + this part, i.e. to the whole expectation.
-    Returns (total, error, l1), each (m, len(q)).
+    The tolerance is taken relative to offset + this part, i.e. to the whole expectation.  Every q has its
+    own tolerance and budget (:func:`_adaptive_batch`), so a batch whose rounds would hold more than
+    ``_IN_FLIGHT`` panels is split in two and each half done on its own, with the same result per q: memory
+    stays bounded by ``_IN_FLIGHT`` panels however many q need many panels.
+    """
+    done = _adaptive_batch(integrand, cuts, q, pieces, rtol, offset_total, offset_l1)
+    if done is None:
+        half = q.size // 2
+        parts = [_adaptive(integrand, cuts, q[part], pieces, rtol, offset_total[:, part], offset_l1[:, part])
+                 for part in (slice(0, half), slice(half, None))]
+        done = tuple(np.concatenate([x, y], axis=1) for x, y in zip(*parts))
+    return done
+
+
+def _adaptive_batch(integrand: Integrand, cuts, q, pieces, rtol, offset_total, offset_l1):
+    """One pass of :func:`_adaptive`: every round bisects the unfinished panels of every q at once.
+
+    Each q stops when it converges; it fails (ConvergenceError naming it) when it would evaluate more than
+    ``_PANELS_PER_Q`` panels in all or needs more than ``_MAX_ROUNDS`` bisections, whatever the other q do.
+    Returns None when a round would hold more than ``_IN_FLIGHT`` panels of a batch of several q.
     """
     s = np.sqrt(q)
     m = len(integrand.labels)
@@ -277,9 +308,13 @@ def _adaptive(integrand: Integrand, cuts, q, index, pieces, rtol, offset_total, 
     error = np.zeros((m, q.size))
     rounding = np.zeros((m, q.size))  # kept out of the refinement test: bisection cannot reduce it
     l1 = np.zeros((m, q.size))
-    for _ in range(_MAX_ROUNDS):
+    used = np.zeros(q.size, dtype=np.int64)  # panels evaluated so far, per q: each q's own budget
+    for round_ in range(_MAX_ROUNDS):
         if not a.size:
-            return total, error + rounding, l1
+            break
+        if a.size > _IN_FLIGHT and q.size > 1:
+            return None
+        used += np.bincount(owner, minlength=q.size)
         piece = np.searchsorted(cuts, 0.5 * (a + b) * s[owner])
         order = np.argsort(piece, kind="stable")
         a, b, owner, piece = a[order], b[order], owner[order], piece[order]
@@ -295,29 +330,34 @@ def _adaptive(integrand: Integrand, cuts, q, index, pieces, rtol, offset_total, 
         # a panel's share of the tolerance: its share of E|h|, or of the t-range where E|h| is negligible
         share = np.maximum(0.5 * (b - a) / TAIL, absolute / np.where(all_l1 > 0, all_l1, 1.0)[:, owner])
         accept = converged[owner] | np.all(err <= 0.5 * tol[:, owner] * share, axis=0)
+        refine = ~accept
+        # this q's budget: the next round would take it past _PANELS_PER_Q panels, or past _MAX_ROUNDS rounds
+        wanted = np.bincount(owner, refine, q.size)
+        broke = (wanted > 0) & ((used + 2 * wanted > _PANELS_PER_Q) | (round_ == _MAX_ROUNDS - 1))
+        if broke.any():
+            _not_converged(integrand.labels, q, s, broke, err, tol, refine, a, b, owner)
 
         total += per_q(kron * accept)
         error += per_q(err * accept)
         rounding += per_q(noise * accept)
         l1 += per_q(absolute * accept)
-        refine = ~accept
-        if not refine.any():
-            return total, error + rounding, l1
-        if 2 * refine.sum() > _MAX_PANELS:
-            break
         mid = 0.5 * (a + b)
-        failed = (err, tol, accept, mid, owner)
         a, b, owner, mid = a[refine], b[refine], owner[refine], mid[refine]
         a, b, owner = np.concatenate([a, mid]), np.concatenate([mid, b]), np.concatenate([owner, owner])
+    return total, error + rounding, l1
 
-    err, tol, accept, mid, owner = failed
-    ratio = np.where(accept, 0.0, np.max(err / np.maximum(tol[:, owner], _TINY), axis=0))
+
+def _not_converged(labels, q, s, broke, err, tol, refine, a, b, owner) -> NoReturn:
+    """ConvergenceError at the q out of budget whose worst unfinished panel is furthest from its tolerance."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.max(err / np.maximum(tol[:, owner], _TINY), axis=0)
+    ratio = np.where(refine & broke[owner], ratio, -np.inf)
     worst = int(np.argmax(ratio))
     j = int(np.argmax(err[:, worst] / np.maximum(tol[:, owner[worst]], _TINY)))
     raise ConvergenceError(
-        f"E[{integrand.labels[j]}] did not converge at q = {q[owner[worst]]:g} near "
-        f"z = {mid[worst] * s[owner[worst]]:.6g}: the integrand is probably singular there, and the "
-        "expectation infinite or, for an integrable singularity, beyond double-precision quadrature "
+        f"E[{labels[j]}] did not converge at q = {q[owner[worst]]:g} near "
+        f"z = {0.5 * (a[worst] + b[worst]) * s[owner[worst]]:.6g}: the integrand is probably singular there, and "
+        "the expectation infinite or, for an integrable singularity, beyond double-precision quadrature "
         "(try method='high_precision')"
     )
 

@@ -70,7 +70,6 @@ LARGEST_VARIANCE = 1e-2  #: above this q the series is never tried (quadrature i
 SAFETY = 10.0  #: factor on the fitted truncation envelope
 _DIGITS = 50
 _MAX_OPS = 4000  # programs larger than this are left to quadrature
-_TIME_BUDGET = 2.0  # seconds of Taylor arithmetic per integrand before giving up
 _EPS = float(np.finfo(float).eps)
 _U = _EPS / 2
 _SUBNORMAL = 5e-324
@@ -156,12 +155,16 @@ def coefficients(integrand) -> dict[str, list] | None:
         return stored or None  # {} stored for "not analytic at 0"
     if not hasattr(integrand, "mpmath_pieces"):  # a cached integrand stores its coefficients, or has none
         return None
+    from ..budget import in_force
+
     cuts = np.asarray(integrand.breakpoints, dtype=float)
     left, right = _central_pieces(cuts)
     m = len(integrand.labels)
     try:
         programs = _programs(integrand)
-        deadline = time.monotonic() + _TIME_BUDGET
+        # a per-integrand deadline (gainderive.budget, series_seconds): past it the series is not used, and
+        # quadrature answers at every q
+        deadline = time.monotonic() + in_force().series_seconds
         with mp.workdps(_DIGITS):
             sides = [_taylor(programs[k], ORDER, deadline) for k in (right, left)]
             exact = [[(sides[0][j][n] + (-1) ** n * sides[1][j][n]) * _half_moment_mp(n) for n in range(ORDER + 1)]
