@@ -314,7 +314,7 @@ def test_isometry_near_the_double_range_against_mpmath(depth):
 def test_critical_line_length_is_limited_before_work_and_reports_progress():
     from gainderive.limits import LimitError, limit
 
-    with pytest.raises(LimitError, match="10,001 bias variances on one critical line.*GAINDERIVE_MAX_LINE") as info:
+    with pytest.raises(LimitError, match=r"10,001 bias variances on one critical line.*GAINDERIVE_MAX_LINE") as info:
         mf.critical_line("no_such_activation", np.linspace(0, 1, limit("line") + 1))
     assert "\n" not in str(info.value)
     seen = []
