@@ -92,7 +92,7 @@ __all__ = [
 
 #: Exported functions named like a submodule (gainderive.moments is the function moments.moments): importing
 #: the submodule must not replace the function on the package, as the import system otherwise would.
-_SHADOWED = frozenset({"activation", "gains", "moments", "plot"})
+_SHADOWED = frozenset({"activation", "gains", "moments"})
 
 
 class _Package(types.ModuleType):

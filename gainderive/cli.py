@@ -488,12 +488,12 @@ def _derive(args: argparse.Namespace) -> int:
     if ":" in args.variance:  # a grid, as for table
         from .tables import parse_variance_spec
 
-        _list_count(args.variance, "grid")
+        _list_count(args.variance, "derive_points")
         qs = [float(q) for q in parse_variance_spec(args.variance)]  # validated there: finite and > 0
         texts = [repr(q) for q in qs]
     else:
         texts = [t.strip() for t in str(args.variance).split(",")]
-        check_size("grid", len(texts))
+        check_size("derive_points", len(texts))
         # at --digits q is exact at the working precision, so any q > 0 is accepted (1e-310 included)
         qs = [_shown_q(_exact_variance(t), t) if digits is not None else _variance(t) for t in texts]
     several = len(qs) > 1

@@ -36,6 +36,8 @@ class Limit:
 
 LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
     Limit("grid", 1_000_000, "input variances q in one table", "variance"),
+    Limit("derive_points", 10_000, "input variances q in one derive (gainderive table writes larger grids)",
+          "variance"),
     Limit("plot_points", 20_000, "input variances q on one plot", "variance"),
     Limit("correlations", 20_000, "correlations c in one kernel call", "correlation"),
     Limit("samples", 2**31, "Monte Carlo samples", "samples"),

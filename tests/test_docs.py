@@ -40,3 +40,12 @@ def test_readme_quick_start_is_two_commands():
     quick = text.split("## Quick start", 1)[1].split("##", 1)[0]
     commands = re.search(r"```bash\n(.*?)```", quick, re.S).group(1).strip().splitlines()
     assert commands == ["pip install . && gainderive derive elu", "pip install '.[test]' && pytest"]
+
+
+def test_the_limits_page_lists_every_limit_at_its_default():
+    # docs/limits.md is the user's table of limits: each row must be a limit of gainderive.limits at its default
+    from gainderive.limits import LIMITS
+
+    text = (ROOT / "docs" / "limits.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([\d,]+) \|", text, re.M))
+    assert rows == {name: f"{lim.default:,}" for name, lim in LIMITS.items()}
