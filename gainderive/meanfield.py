@@ -284,7 +284,8 @@ def fixed_points(activation: Any, weight_variance: float, bias_variance: float =
     sw, sb = _check_variances(weight_variance, bias_variance)
     act = _act(activation, params)
     q, (f2, _, _, _, _) = _scan(act, q_range)
-    gap = sw * f2 + sb - q
+    with np.errstate(over="ignore"):  # sigma^2 near 1e308: an infinite gap is "variances grow", said below
+        gap = sw * f2 + sb - q
     if np.all(np.abs(gap) <= _FLAT * q):
         raise GainDeriveError(f"every q in [{q[0]:g}, {q[-1]:g}] is a fixed point of {act.name}'s variance map at "
                               f"sigma_w^2 = {sw:g}, sigma_b^2 = {sb:g} (f is positively homogeneous and this is its "
