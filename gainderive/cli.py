@@ -737,6 +737,8 @@ def _table_command(args: argparse.Namespace) -> int:
     from .progress import progress_bar
     from .tables import parse_variance_spec, table, write_tables
 
+    if args.output in ("-", "/dev/stdout"):  # clearly meant as standard output, where the table goes without -o
+        args.output = None
     if args.output is not None:
         _output_path(args.output, "table")
     _list_count(args.variance, "grid")

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 
 import gainderive as gd
 from gainderive.cli import main
+from gainderive.errors import GainDeriveError
 
 
 def run(capsys, *argv):
@@ -504,3 +506,24 @@ def test_long_commands_show_progress_on_a_terminal(capsys, monkeypatch, argv):
     monkeypatch.setattr(sys, "stderr", terminal)
     assert main(argv) == 0
     assert "[" in terminal.getvalue() and "100.0%" in terminal.getvalue()
+
+
+def test_table_to_dash_or_dev_stdout_is_standard_output(capsys):
+    # "-o -" and "-o /dev/stdout" clearly mean standard output (output.write_atomic refuses both as files)
+    for target in ("-", "/dev/stdout"):
+        status, out, err = run(capsys, "table", "relu", "-q", "1,2", "-o", target)
+        assert status == 0 and err == "" and out.startswith("# gainderive:")
+
+
+def test_a_gain_that_does_not_exist_is_reported_as_undefined_beside_the_others(capsys):
+    # f = 3: E[f^2] = 9 so gain_fan_in = sqrt(1/9) = 1/3 (by hand); E[f'^2] = Var f = 0, so the other two gains do
+    # not exist: derive reports them as undefined with the reason instead of failing the whole derivation
+    status, out, _ = run(capsys, "derive", "3 + 0*x", "--json")
+    report = json.loads(out)
+    assert status == 0 and abs(report["gains"]["fan_in"] - 1 / 3) < 1e-15
+    assert report["gains"]["fan_out"] is None and report["gains"]["variance"] is None
+    assert "f is constant" in report["gain_notes"]["fan_out"]
+    status, out, _ = run(capsys, "derive", "3 + 0*x")
+    assert status == 0 and re.search(r"variance\s+undefined\s+Var f\(z\) = 0", out)
+    with pytest.raises(GainDeriveError, match="gain_fan_out does not exist"):  # the API's gain() still refuses
+        gd.gain("3 + 0*x", mode="fan_out")
