@@ -991,10 +991,12 @@ def _critical_command(args: argparse.Namespace) -> int:
 
 def _meanfield_command(args: argparse.Namespace) -> int:
     from .meanfield import mean_field
+    from .progress import progress_bar
 
     sw, sb = _real(args.weight_variance, "--weight-variance"), _real(args.bias_variance, "--bias-variance")
     q = None if args.variance is None else _variance(args.variance)
-    r = mean_field(args.activation, sw, sb, depth=args.depth, variance=q, **_params(args.param))
+    with progress_bar("mean field", enabled=not args.json) as bar:
+        r = mean_field(args.activation, sw, sb, depth=args.depth, variance=q, progress=bar, **_params(args.param))
     fp = r.fixed_point
     if args.json:
         print(json.dumps({"activation": args.activation, "weight_variance": sw, "bias_variance": sb,

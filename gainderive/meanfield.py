@@ -525,12 +525,15 @@ def isometry(activation: Any, weight_variance: float, depth: int, *, variance: f
 
 
 def mean_field(activation: Any, weight_variance: float, bias_variance: float = 0.0, *, depth: int = 50,
-               variance: float | None = None, q_range: tuple[float, float] = DEFAULT_RANGE,
+               variance: float | None = None, q_range: tuple[float, float] = DEFAULT_RANGE, progress=None,
                **params: Any) -> MeanField:
     """q*, chi_1, c*, chi_c, the depth scales and the isometry diagnostics at (sigma_w^2, sigma_b^2).
 
     ``variance`` fixes q instead of solving for it (only meaningful where every q is a fixed point).
+    ``progress(done, 3)`` is called after each stage: q*, c* (the slow one: root finding on the correlation
+    kernel), the isometry diagnostics.
     """
+    step = progress or (lambda done, total: None)
     sw, sb = _check_variances(weight_variance, bias_variance)
     depth = _check_depth(depth)
     act = _act(activation, params)
@@ -542,8 +545,11 @@ def mean_field(activation: Any, weight_variance: float, bias_variance: float = 0
         q = float(check_variance(variance))
         _, df2, ffz, _, _ = (float(v) for v in _moments(act, q))
         fp = FixedPoint(q, 0.0, sw * ffz / q, sw * df2)
+    step(1, 3)
     chi1 = fp.chi1
     phase = "critical" if abs(chi1 - 1) <= 1e-9 else ("ordered" if chi1 < 1 else "chaotic")
     c, chi_c = correlation_fixed_point(act, sw, sb, variance=fp.variance)
-    return MeanField(sw, sb, fp, chi1, phase, c, chi_c, fp.depth_scale, _depth_scale(chi_c),
-                     isometry(act, sw, depth, variance=fp.variance))
+    step(2, 3)
+    iso = isometry(act, sw, depth, variance=fp.variance)
+    step(3, 3)
+    return MeanField(sw, sb, fp, chi1, phase, c, chi_c, fp.depth_scale, _depth_scale(chi_c), iso)

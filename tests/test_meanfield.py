@@ -323,3 +323,9 @@ def test_critical_line_length_is_limited_before_work_and_reports_progress():
     for bad in ([], "0.1,0.2", [[0.1, 0.2]]):
         with pytest.raises(GainDeriveError, match="bias variances"):
             mf.critical_line("erf", bad)
+
+
+def test_mean_field_reports_progress_after_each_stage():
+    seen = []
+    mf.mean_field("erf", 2.0, 0.1, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
