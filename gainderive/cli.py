@@ -282,7 +282,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                         "GAINDERIVE_MAX_DIGITS, 200 by default; implies --method high_precision); default: float64")
     derive.add_argument("--check", action="store_true", help="cross-check by Monte Carlo; exit 1 beyond 5 standard "
                         "errors")
-    derive.add_argument("--samples", type=_count("samples", minimum=2), default=None,
+    derive.add_argument("--samples", type=_count("samples", minimum=4), default=None,
                         help="Monte Carlo evaluations for --check or --method monte_carlo; default 2^21")
     derive.add_argument("--seed", type=_count(minimum=0), default=0, help="Monte Carlo seed >= 0; default %(default)s")
     derive.add_argument("--json", action="store_true", help="print JSON (a list of reports for several q) instead of "
