@@ -73,11 +73,11 @@ def cases(quick: bool) -> list[tuple[str, list[str], float]]:
     kernel_n, kernel_f = scaled(correlations, 10_000)
     depth_n, depth_f = scaled(depth, 10_000)
     line_n, line_f = scaled(10_000, 100)  # --line's own cap
-    # propagate at the work limit: width 2048, batch 128 (f'(x_l) of every layer fits the memory limit),
-    # depth 100; networks fill depth x networks x width^2 x (batch + 250) up to the limit
-    per_network = 100 * 2048**2 * (128 + 250)
-    networks_full = max(1, work // per_network)
-    networks, work_f = scaled(networks_full, 1)
+    # propagate at the work limit: width 2048, batch 128, one network; depth fills depth x width^2 x (batch + 250)
+    # up to the limit (f'(x_l) of every layer stays within the memory limit)
+    per_layer = 2048**2 * (128 + 250)
+    work_depth = max(1, work // per_layer)
+    work_n, work_f = scaled(work_depth, 10)
     return [
         ("baseline", ["list"], 1.0),
         (f"samples = {mc:,}", ["derive", "tanh", "--check", "--samples", str(mc), "--quiet"], mc_f),
@@ -90,8 +90,8 @@ def cases(quick: bool) -> list[tuple[str, list[str], float]]:
         ("typical (no size knob)", ["init", "elu", "--shape", "16384,16384,3,3"], 1.0),
         (f"depth = {depth_n:,} layers", ["propagate", "relu", "--depth", str(depth_n), "--width", "16", "--batch", "8",
                                          "--networks", "1", "--quiet"], depth_f),
-        (f"work = {networks * per_network:.3g} multiply-adds",
-         ["propagate", "tanh", "--depth", "100", "--width", "2048", "--batch", "128", "--networks", str(networks),
+        (f"work = {work_n * per_layer:.3g} multiply-adds",
+         ["propagate", "tanh", "--depth", str(work_n), "--width", "2048", "--batch", "128", "--networks", "1",
           "--quiet"], work_f),
         ("typical (no size knob)", ["solve", "scale*where(x > 0, x, alpha*(exp(x) - 1))", "--unknown", "alpha=1.5",
                                     "--unknown", "scale", "--constraint", "mean=0", "--constraint", "second_moment=1"],
