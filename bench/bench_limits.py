@@ -2,7 +2,9 @@
 
 Every size a user can type is bounded by :mod:`gainderive.limits` (``GAINDERIVE_MAX_<NAME>`` raises a limit).
 This measures each command at those limits, each run in a fresh child process: wall time, and the child's own
-peak resident memory from ``os.wait4`` (``ru_maxrss`` of that child alone).  The baseline is ``gainderive list``
+peak resident memory from ``os.wait4`` (``ru_maxrss`` of that child alone; it starts from this script's
+size at fork, ~15 MB with only ``gainderive.limits`` imported, below every command's own figure).
+The baseline is ``gainderive list``
 (interpreter, numpy and the registry: what every command pays before any work), measured first, in the same run;
 the ratios are against it.
 

@@ -87,6 +87,17 @@ def _integer(text: str) -> int | None:
     return int(value) if math.isfinite(value) and value == int(value) else None
 
 
+class _Once(argparse.Action):
+    """A list-valued option (-q 1,2,3; -c ...) given twice is an error: "the last one wins" would drop values."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, f"_{self.dest}_given", False):
+            raise argparse.ArgumentError(self, f"is given twice; give several values as one comma list, "
+                                         f"{option_string} A,B,...")
+        setattr(namespace, f"_{self.dest}_given", True)
+        setattr(namespace, self.dest, values)
+
+
 def _count(limit_name: str | None = None, *, minimum: int = 1) -> Callable[[str], int]:
     """An argparse type: an integer >= ``minimum`` and within ``gainderive.limits`` limit ``limit_name``."""
 
@@ -269,7 +280,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                      description="E[f], E[f^2], E[f'^2], Var f and the gains for z ~ N(0, q); several q (-q 1,100,1e3) "
                      "give one table with a row per q.")
     derive.add_argument("activation", help=_ACTIVATION_HELP)
-    derive.add_argument("--variance", "-q", default="1",
+    derive.add_argument("--variance", "-q", action=_Once, default="1",
                         help="input variance q > 0, a comma list of them (e.g. 1,100,1e3) or "
                         "start:stop:count[:log|lin] as for table; default %(default)s")
     _add_param(derive)
@@ -282,8 +293,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                         "GAINDERIVE_MAX_DIGITS, 200 by default; implies --method high_precision); default: float64")
     derive.add_argument("--check", action="store_true", help="cross-check by Monte Carlo; exit 1 beyond 5 standard "
                         "errors")
-    derive.add_argument("--samples", type=_count("samples", minimum=4), default=None,
-                        help="Monte Carlo evaluations for --check or --method monte_carlo; default 2^21")
+    derive.add_argument("--samples", type=_count("samples", minimum=1000), default=None,
+                        help="Monte Carlo evaluations for --check or --method monte_carlo, at least 1000 (below "
+                        "that the standard error is too rough for a 5 SE test); default 2^21")
     derive.add_argument("--seed", type=_count(minimum=0), default=0, help="Monte Carlo seed >= 0; default %(default)s")
     derive.add_argument("--json", action="store_true", help="print JSON (a list of reports for several q) instead of "
                         "a table")
@@ -293,7 +305,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     tab = command("table", help="moments and gains of activations over a grid of input variances",
                   description="A lookup table of moments and gains against q, as CSV, JSON or Markdown.")
     tab.add_argument("activations", nargs="+", metavar="ACT", help="registry names or formulas in x")
-    tab.add_argument("--variance", "-q", default="1e-3:1e3:121",
+    tab.add_argument("--variance", "-q", action=_Once, default="1e-3:1e3:121",
                      help="start:stop:count[:log|lin] (log spacing by default) or a comma list; at most "
                      "GAINDERIVE_MAX_GRID q; default %(default)s")
     _add_param(tab)
@@ -309,7 +321,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                    "extension (.png, .pdf or .svg) chooses the format. Needs matplotlib.")
     plot.add_argument("activations", nargs="+", metavar="ACT", help="registry names or formulas in x")
     plot.add_argument("--output", "-o", required=True, help="the file to write: .png, .pdf or .svg")
-    plot.add_argument("--variance", "-q", default="1e-3:1e3:241",
+    plot.add_argument("--variance", "-q", action=_Once, default="1e-3:1e3:241",
                       help="as for table, at most GAINDERIVE_MAX_PLOT_POINTS q; default %(default)s")
     plot.add_argument("--size", default="900x600", help="WIDTHxHEIGHT in pixels, 100..8000 each; default %(default)s")
     _add_param(plot)
@@ -324,7 +336,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                         "default %(default)s")
     target.add_argument("--gain", choices=("fan_in", "fan_out", "variance"), help="check this gain instead of a moment")
     verify.add_argument("--expected", required=True, help="a number or a formula in q and the parameters")
-    verify.add_argument("--variance", "-q", help="check at this q only; default: a spread of q")
+    verify.add_argument("--variance", "-q", action=_Once, help="check at this q only; default: a spread of q")
     _add_param(verify)
     verify.add_argument("--rtol", type=_positive_real, help="relative tolerance; default: 30 digits for formulas, "
                         "1e-12 for numbers")
@@ -341,7 +353,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                      help="weight distribution; default %(default)s")
     ini.add_argument("--groups", type=_count(), default=1, help="convolution groups (channels for depthwise); "
                      "default %(default)s")
-    ini.add_argument("--variance", "-q", default="1", help="input variance q > 0; default %(default)s")
+    ini.add_argument("--variance", "-q", action=_Once, default="1", help="input variance q > 0; default %(default)s")
     _add_param(ini)
 
     prop = command("propagate", help="depth check: the signal through a random numpy MLP",
@@ -354,7 +366,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     prop.add_argument("--batch", type=_count("batch"), default=64, help="inputs per network; default %(default)s")
     prop.add_argument("--networks", type=_count("networks"), default=8,
                       help="independent weight draws averaged; default %(default)s")
-    prop.add_argument("--variance", "-q", default="1", help="input variance q > 0; default %(default)s")
+    prop.add_argument("--variance", "-q", action=_Once, default="1", help="input variance q > 0; default %(default)s")
     prop.add_argument("--mode", choices=MODES, default="fan_in", help="which fan the gain divides; default "
                       "%(default)s")
     prop.add_argument("--distribution", choices=PROPAGATE_DISTRIBUTIONS, default="normal",
@@ -374,7 +386,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                        help="a parameter to solve for, with a starting guess (default 1); repeatable, each once")
     solve.add_argument("--constraint", action="append", default=[], metavar="MOMENT=VALUE", required=True,
                        help="e.g. mean=0 or second_moment=1; repeatable, each moment once")
-    solve.add_argument("--variance", "-q", default="1", help="input variance q > 0; default %(default)s")
+    solve.add_argument("--variance", "-q", action=_Once, default="1", help="input variance q > 0; default %(default)s")
     _add_param(solve)
     solve.add_argument("--json", action="store_true", help="print JSON instead of NAME = VALUE lines")
 
@@ -400,7 +412,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     field.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0; default %(default)s")
     field.add_argument("--depth", type=_count("depth"), default=50,
                        help="depth L of the isometry diagnostics; default %(default)s")
-    field.add_argument("--variance", "-q", help="use this q instead of solving for q*; default: solve for q*")
+    field.add_argument("--variance", "-q", action=_Once,
+                       help="use this q instead of solving for q*; default: solve for q*")
     _add_param(field)
     field.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -409,10 +422,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                    "variances q1, q2 and correlation c: closed forms for relu, leaky_relu, prelu, abs, erf, "
                    "sin, identity and gelu; kink-aware 2-D quadrature otherwise.")
     kern.add_argument("activation", help=_ACTIVATION_HELP)
-    kern.add_argument("--correlation", "-c", required=True,
+    kern.add_argument("--correlation", "-c", action=_Once, required=True,
                       help="c in [-1, 1], a comma list, or start:stop:count (linear); at most "
                       "GAINDERIVE_MAX_CORRELATIONS values")
-    kern.add_argument("--variance", "-q", default="1", help="q1, or q1,q2; default %(default)s")
+    kern.add_argument("--variance", "-q", action=_Once, default="1", help="q1, or q1,q2; default %(default)s")
     kern.add_argument("--derivative", action="store_true", help="the kernel of f' instead of f")
     kern.add_argument("--method", choices=KERNEL_METHODS, default="auto",
                       help="auto (a verified closed form where one exists, quadrature otherwise), closed_form, "
@@ -1125,6 +1138,8 @@ class _GuardedStdout:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        if self._stream is None:  # started with 1>&-: what does not print (plot -o, table -o) still works
+            raise _StdoutError("it is closed")
         try:
             return self._stream.write(text)
         except BrokenPipeError:
@@ -1133,6 +1148,8 @@ class _GuardedStdout:
             raise _StdoutError(exc.strerror or str(exc)) from None
 
     def flush(self) -> None:
+        if self._stream is None:
+            return
         try:
             self._stream.flush()
         except BrokenPipeError:
@@ -1191,6 +1208,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def _main(argv: Sequence[str] | None) -> int:
     command = None
+    if sys.stderr is None:  # started with 2>&-: print(file=None) would put the messages on standard output
+        sys.stderr = open(os.devnull, "w")
     real_stdout = sys.stdout
     sys.stdout = _GuardedStdout(real_stdout)
     try:
@@ -1229,6 +1248,7 @@ def _main(argv: Sequence[str] | None) -> int:
     finally:
         sys.stdout = real_stdout
         try:  # the status is decided; output left in the buffer must not fail again at exit (a full disk)
-            real_stdout.flush()
+            if real_stdout is not None:
+                real_stdout.flush()
         except (OSError, ValueError):
             _silence_stdout()

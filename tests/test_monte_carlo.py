@@ -67,14 +67,11 @@ def test_progress_callback_reaches_the_total():
 def test_the_issues_sample_count_is_refused_at_once_with_a_time_estimate():
     # derive --check --samples 10000000000000 ran ~25 h with no progress: now one line, before the first draw,
     # stating the time from the rate measured on this integrand (1e13 at ~1e8 evaluations/s: about a day)
-    import time
-
     seen = []
-    start = time.perf_counter()
     with pytest.raises(LimitError, match=r"10,000,000,000,000 Monte Carlo samples.*about .* (hours|days) here.*"
                                          r"GAINDERIVE_MAX_SAMPLES") as info:
         gd.moments("relu", 1.0, method="monte_carlo", samples=10**13, progress=lambda d, t: seen.append(d))
-    assert time.perf_counter() - start < 2 and not seen and "\n" not in str(info.value)
+    assert not seen and "\n" not in str(info.value)  # refused before the first chunk
 
 
 def test_limit_counts_samples_times_variances(monkeypatch):

@@ -7,7 +7,6 @@ tanh's moments by mpmath quadrature at 30 digits, all written here.
 """
 
 import math
-import time
 
 import mpmath as mp
 import numpy as np
@@ -52,12 +51,12 @@ def test_sizes_must_be_integers_at_least_one(monkeypatch, name, value):
 
 @pytest.mark.parametrize("name, value", [("depth", 10**9), ("width", 10**6), ("batch", 10**7), ("networks", 10**6)])
 def test_the_issues_sizes_are_refused_at_once(monkeypatch, name, value):
-    # the issue's reproducers (MemoryErrors or hangs before): refused by the default limits in well under a second
+    # the issue's reproducers (MemoryErrors or hangs before): refused by the default limits before any work
+    # (refuse_work fails the test if a weight is drawn)
     refuse_work(monkeypatch)
-    start = time.perf_counter()
     with pytest.raises(LimitError, match=f"GAINDERIVE_MAX_{name.upper()}") as info:
         propagate("tanh", **{name: value})
-    assert time.perf_counter() - start < 1.0 and "\n" not in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("name", ["depth", "width", "batch", "networks"])

@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import math
-import time
 
 import mpmath as mp
 import numpy as np
@@ -229,14 +228,24 @@ def test_exp_c_x_squared_at_and_above_the_threshold(q, fragment):
     assert fragment in message and message.endswith("it exists only for q < 1.25") and "\n" not in message
 
 
-def test_exp_x_squared_is_refused_at_once_at_every_precision():
+def _no_integration(monkeypatch):
+    """Fail the test if any backend integrates: the refusal must come from the up-front analysis."""
+    from gainderive.backends import high_precision, quadrature
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a backend integrated: the divergence was not found up front")
+
+    monkeypatch.setattr(quadrature, "integrate", refuse)
+    monkeypatch.setattr(high_precision, "integrate", refuse)
+
+
+def test_exp_x_squared_is_refused_at_once_at_every_precision(monkeypatch):
     # the reproducer: exp(x**2) went down a 41 s high-precision path to learn it diverges for q >= 1/2
+    _no_integration(monkeypatch)
     for method, options in (("auto", {}), ("high_precision", {"digits": 30})):
-        start = time.perf_counter()
         with pytest.raises(DivergenceError, match=r"E\[f\(z\)\] of exp\(x\*\*2\) is infinite at q = 1.*"
                                                   r"exists only for q < 0.5$"):
             gd.moments("exp(x**2)", 1.0, method, **options)
-        assert time.perf_counter() - start < 5
 
 
 def test_growth_verdicts_read_the_formula():
@@ -325,10 +334,9 @@ def test_table_command_writes_valid_json_and_csv(capsys, tmp_path):
     assert status == 0 and lines[1].split(",")[3] == "inf" and lines[1].split(",")[6] == "0.0"
 
 
-def test_exp_x_squared_exits_2_at_once_with_one_line(capsys):
-    start = time.perf_counter()
+def test_exp_x_squared_exits_2_at_once_with_one_line(capsys, monkeypatch):
+    _no_integration(monkeypatch)
     status, out, err = run(capsys, "derive", "exp(x**2)", "-q", "1")
-    assert time.perf_counter() - start < 5
     assert status == 2 and not out and err.count("\n") == 1 and "exists only for q < 0.5" in err
 
 
