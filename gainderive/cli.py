@@ -45,7 +45,6 @@ MODES = ("fan_in", "fan_out", "fan_avg")
 LAYOUTS = ("torch", "tf")
 INIT_DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal", "looks_linear", "delta_orthogonal")
 PROPAGATE_DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal")
-PLOT_FORMATS = (".png", ".pdf", ".svg")
 DEFAULT_HIGH_PRECISION_DIGITS = 30
 
 
@@ -156,7 +155,7 @@ _FLAGS = {
     "shape": "--shape", "depth": "--depth", "width": "--width", "batch": "--batch", "networks": "--networks",
     "weight_variance": "--weight-variance", "bias_variance": "--bias-variance", "correlation": "--correlation",
     "derivative": "--derivative", "moment": "--moment", "expected": "--expected", "method": "--method",
-    "format": "--format",
+    "format": "--format", "line": "--line",
 }
 #: keyword arguments of the API calls behind the commands: an activation parameter of the same name would clash
 _RESERVED = set(_FLAGS) | {"activation", "variance2", "progress", "gain", "params", "output", "size", "ax",
@@ -197,11 +196,20 @@ def _exact_variance(text: str):
     return check_variance(str(text).strip(), exact=True)
 
 
-def _variance(text: str) -> float:
-    """q as a float64; one that float64 cannot hold (1e-400, 1e400) is refused by name, never rounded."""
-    from .moments import check_variance
+def _variance(text: str, *, high_precision: bool = False) -> float:
+    """q as a float64; one that float64 cannot hold (1e-400, 1e400) is refused by name, never rounded.
 
-    return float(check_variance(str(text).strip()))
+    The refusal names the high-precision path only where the command has one (``high_precision``).
+    """
+    from .errors import VarianceError
+    from .moments import check_variance, double_precision_message
+
+    try:
+        return float(check_variance(str(text).strip()))
+    except VarianceError as exc:
+        if high_precision:
+            raise
+        raise VarianceError(double_precision_message(exc)) from None
 
 
 def _shown_q(exact: Any, text: str) -> Any:
@@ -220,28 +228,11 @@ def _real(text: str, what: str) -> float:
     return value
 
 
-def _list_count(spec: str, limit_name: str) -> None:
-    """Refuse a q grid beyond its limit before anything is allocated: start:stop:COUNT or a comma list."""
-    from .limits import check_size
+def _plot_destination(text: str) -> str:
+    """Refuse a bad plot destination or extension before a long run (the write checks again)."""
+    from .plotting import check_output
 
-    parts = spec.split(":")
-    if len(parts) >= 3:
-        count = _integer(parts[2].strip())
-        if count is not None:
-            check_size(limit_name, count)
-    else:
-        check_size(limit_name, len(spec.split(",")))
-
-
-def _output_path(text: str, what: str, suffixes: Sequence[str] = ()) -> str:
-    """Refuse a bad destination (empty, a directory, a device, ...; see :mod:`gainderive.output`) or extension
-    before any work starts: the write itself checks again."""
-    from .output import check_destination
-
-    check_destination(text, what=what)
-    if suffixes and os.path.splitext(text)[1].lower() not in suffixes:
-        raise GainDeriveError(f"{what} file {text!r}: the format follows the extension; accepted: "
-                              f"{', '.join(suffixes)}")
+    check_output(text)
     return text
 
 
@@ -501,14 +492,15 @@ def _derive(args: argparse.Namespace) -> int:
     if ":" in args.variance:  # a grid, as for table
         from .tables import parse_variance_spec
 
-        _list_count(args.variance, "derive_points")
-        qs = [float(q) for q in parse_variance_spec(args.variance)]  # validated there: finite and > 0
+        # validated there: finite and > 0, at most the derive_points limit
+        qs = [float(q) for q in parse_variance_spec(args.variance, limit="derive_points")]
         texts = [repr(q) for q in qs]
     else:
         texts = [t.strip() for t in str(args.variance).split(",")]
         check_size("derive_points", len(texts))
         # at --digits q is exact at the working precision, so any q > 0 is accepted (1e-310 included)
-        qs = [_shown_q(_exact_variance(t), t) if digits is not None else _variance(t) for t in texts]
+        qs = [_shown_q(_exact_variance(t), t) if digits is not None else _variance(t, high_precision=True)
+              for t in texts]
     several = len(qs) > 1
     runs = []  # per q: (moments, gains) as (name, Estimate) pairs
     if digits is not None:  # mpmath takes one q at a time, each exact from its decimal string
@@ -752,9 +744,10 @@ def _table_command(args: argparse.Namespace) -> int:
 
     if args.output in ("-", "/dev/stdout"):  # clearly meant as standard output, where the table goes without -o
         args.output = None
-    if args.output is not None:
-        _output_path(args.output, "table")
-    _list_count(args.variance, "grid")
+    if args.output is not None:  # before the work: the write checks again
+        from .output import check_destination
+
+        check_destination(args.output, what="table")
     q = parse_variance_spec(args.variance)
     params = _params(args.param)
     n = len(args.activations)
@@ -783,15 +776,11 @@ def _plot_size(text: str) -> tuple[int, int]:
         width, height = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise GainDeriveError(f"--size takes WIDTHxHEIGHT in pixels, e.g. 900x600; got {text!r}") from None
-    if not (100 <= width <= 8000 and 100 <= height <= 8000):
-        raise GainDeriveError(f"--size {text}: accepted 100..8000 pixels per side")
-    return width, height
+    return width, height  # the range is plotting's to check
 
 
 def _plot_command(args: argparse.Namespace) -> int:
-    _output_path(args.output, "plot", PLOT_FORMATS)
     size = _plot_size(args.size)
-    _list_count(args.variance, "plot_points")
     params = _params(args.param)
     from .plotting import plot_gains
 
@@ -809,7 +798,7 @@ def _verify_command(args: argparse.Namespace) -> int:
     params = _params(args.param) or None
     variance = args.variance
     if variance is not None:
-        _variance(variance)  # validates: one line, exit 2
+        _variance(variance, high_precision=True)  # validates: one line, exit 2
     what = f"gain_{args.gain}" if args.gain else args.moment
     try:
         if args.gain:
@@ -856,7 +845,7 @@ def _propagate_command(args: argparse.Namespace) -> int:
     from .propagate import propagate
 
     if args.plot:
-        _output_path(args.plot, "plot", PLOT_FORMATS)
+        _plot_destination(args.plot)
     params = _params(args.param)
     q = _variance(args.variance)
     gains: dict[str, float | None] = {"derived": None}
@@ -916,16 +905,12 @@ def _solve_command(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- mean field and kernels
 
-def _linear_spec(spec: str, what: str, limit_name: str | None = None) -> list[float]:
-    """start:stop:count (linear, count >= 2) or a comma list of numbers: at most 10000 values, or the limit
-    ``limit_name`` of :mod:`gainderive.limits` when one is named."""
+def _linear_spec(spec: str, what: str, limit_name: str) -> list[float]:
+    """start:stop:count (linear, count >= 2) or a comma list of numbers, at most the size limit ``limit_name``."""
     from .limits import check_size
 
     def bound(count: int) -> None:
-        if limit_name is not None:
-            check_size(limit_name, count)
-        elif count > 10_000:
-            raise GainDeriveError(f"{what} takes at most 10000 values; got {count:,}")
+        check_size(limit_name, count)
 
     if ":" in spec:
         parts = spec.split(":")
@@ -953,11 +938,12 @@ def _critical_command(args: argparse.Namespace) -> int:
 
     params = _params(args.param)
     if args.plot:
-        _output_path(args.plot, "plot", PLOT_FORMATS)
+        _plot_destination(args.plot)
     line = None
     if args.line:
         with progress_bar("critical line", enabled=not args.json) as bar:
-            points = line = critical_line(args.activation, _linear_spec(args.line, "--line"), progress=bar, **params)
+            values = _linear_spec(args.line, "--line", "line")
+            points = line = critical_line(args.activation, values, progress=bar, **params)
         rows = [{"bias_variance": p.bias_variance, "weight_variance": p.weight_variance, "fixed_point": p.variance,
                  "slope": p.slope} for p in points]
         if args.json:
@@ -1032,7 +1018,7 @@ def _kernel_command(args: argparse.Namespace) -> int:
     from .correlation import kernel
     from .progress import progress_bar
 
-    qs = [_variance(v) for v in args.variance.split(",")]
+    qs = [_variance(v, high_precision=True) for v in args.variance.split(",")]
     if len(qs) > 2:
         raise GainDeriveError(f"--variance takes q1 or q1,q2; got {args.variance!r}")
     cs = _linear_spec(args.correlation, "--correlation", "correlations")

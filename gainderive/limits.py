@@ -35,7 +35,7 @@ class Limit:
 
 
 LIMITS: dict[str, Limit] = {lim.name: lim for lim in (
-    Limit("grid", 1_000_000, "input variances q in one table", "variance"),
+    Limit("grid", 1_000_000, "input variances q in one table or call", "variance"),
     Limit("derive_points", 10_000, "input variances q in one derive (gainderive table writes larger grids)",
           "variance"),
     Limit("plot_points", 20_000, "input variances q on one plot", "variance"),
@@ -63,9 +63,9 @@ def limit(name: str) -> int:
     try:
         value = float(text)
     except ValueError:
-        raise LimitError(f"{env}={text!r} must be a positive number") from None
+        raise LimitError(f"{env}={text!r} must be a number >= 1") from None
     if not (math.isfinite(value) and value >= 1):
-        raise LimitError(f"{env}={text!r} must be a positive number")
+        raise LimitError(f"{env}={text!r} must be a number >= 1")
     return int(value)
 
 
@@ -78,6 +78,7 @@ def check_size(name: str, value: int, *, cost: str = "") -> int:
     top = limit(name)
     if value > top:
         why = f" ({cost})" if cost else ""
-        raise LimitError(f"{lim.keyword}: {value:,} {lim.counts} exceeds the limit of {top:,}{why}; raise it with "
-                         f"GAINDERIVE_MAX_{name.upper()}={value} if this machine can take it")
+        shown, raised = (f"{value:,}", str(value)) if value < 10**15 else (f"{value:.3g}", f"{value:.3g}")
+        raise LimitError(f"{lim.keyword}: {shown} {lim.counts} exceeds the limit of {top:,}{why}; raise it with "
+                         f"GAINDERIVE_MAX_{name.upper()}={raised} if this machine can take it")
     return value

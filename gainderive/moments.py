@@ -91,6 +91,11 @@ def check_variance(variance: Any, *, scalar: bool = False, exact: bool = False) 
     if exact:
         raise VarianceError("the high-precision backend takes one variance q at a time, as a number or a decimal "
                             f"string; got {type(variance).__name__}")
+    from .limits import check_size
+
+    # an array of q is one grid: at most limit("grid"), checked before range(10**10) could be copied
+    check_size("grid", len(variance) if hasattr(variance, "__len__") and not hasattr(variance, "shape")
+               else int(np.size(variance)) if hasattr(variance, "shape") else 1)
     if isinstance(variance, int):  # a Python int of any size: float() raises rather than return inf
         try:
             variance = float(variance)
@@ -135,6 +140,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def double_precision_message(exc: VarianceError) -> str:
+    """check_variance's message without its high-precision hint, for callers that work in double precision only."""
+    import re
+
+    return re.sub(r' \(method="high_precision"[^)]*\)', "", str(exc))
+
+
 def _exact_number(variance: str | mp.mpf | Decimal | Fraction) -> tuple[mp.mpf, str]:
     """(q as an mpf at the working precision, how to show it), for a string, mpf, Decimal or Fraction q > 0.
 
@@ -148,10 +160,13 @@ def _exact_number(variance: str | mp.mpf | Decimal | Fraction) -> tuple[mp.mpf, 
             value = mp.mpf(shown)  # at the caller's working precision: decimal strings stay exact there
         except (ValueError, TypeError):
             try:
-                complex(shown.replace(" ", ""))
+                number = complex(shown.replace(" ", ""))
             except ValueError:
+                number = None
+            if number is None or number.imag == 0:  # "Infinity", or digits past Python's int-from-string limit
                 raise VarianceError(f"variance q must be a finite number > 0, got {_short(variance)}") from None
-            raise VarianceError(f"variance q must be a real number > 0, got the complex number {shown!r}") from None
+            raise VarianceError(f"variance q must be a real number > 0, got the complex number "
+                                f"{_short(variance)}") from None
     if not (mp.isfinite(value) and value > 0):
         raise VarianceError(f"variance q must be a finite number > 0, got {_short(variance)}")
     return value, (shown if len(shown) <= 30 else mp.nstr(value, 6))

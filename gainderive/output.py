@@ -92,7 +92,9 @@ def _refuse(what: str, path: str, why: str) -> OutputError:
 
 
 def _under_special_tree(path: str) -> bool:
+    """Whether ``path``, with the directories above it resolved (``dl/x`` where dl -> /dev), is under /dev or /proc."""
     absolute = os.path.abspath(path)
+    absolute = os.path.join(os.path.realpath(os.path.dirname(absolute)), os.path.basename(absolute))
     if any(absolute.startswith(tree) for tree in _ORDINARY_UNDER_DEV):
         return False
     return absolute in ("/dev", "/proc") or any(absolute.startswith(tree) for tree in _SPECIAL_TREES)
@@ -207,9 +209,11 @@ def _umask() -> int:
 
 
 def _temporary_names(name: str):
-    """Unpredictable names for the temporary file (80 characters of the destination's name keep it readable)."""
+    """Unpredictable names for the temporary file (up to 80 bytes of the destination's name keep it readable and,
+    with the 33 bytes added, under the 255-byte limit on a name, whatever the script it is written in)."""
+    stem = os.fsdecode(os.fsencode(name)[:80].decode("utf-8", errors="ignore").encode("utf-8"))
     while True:
-        yield f".{name[:80]}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        yield f".{stem}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
 def _create_temporary(folder: str, name: str) -> tuple[str, int]:

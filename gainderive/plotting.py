@@ -70,8 +70,8 @@ def plot_format(output: str | os.PathLike) -> str:
     return FORMATS[extension.lower()][0]
 
 
-def _check_output(output: str | os.PathLike) -> str:
-    """Refuse a bad destination or extension before any work; return the format."""
+def check_output(output: str | os.PathLike) -> str:
+    """Refuse a bad destination or extension before any work (the CLI calls it before a long run); the format."""
     check_destination(output, what="plot")
     return plot_format(output)
 
@@ -81,25 +81,10 @@ def _save(fig: Figure, output: str | os.PathLike, fmt: str, dpi: int = 100) -> N
     write_atomic(output, lambda handle: fig.savefig(handle, format=fmt, dpi=dpi, metadata=metadata), what="plot")
 
 
-def _count_points(variance: Any) -> int:
-    """How many q a spec asks for, read without building the grid (a huge count must not allocate)."""
-    if not isinstance(variance, str):
-        return int(np.size(variance))
-    if ":" in variance:
-        parts = variance.split(":")
-        try:
-            return int(parts[2]) if len(parts) >= 3 else 0
-        except ValueError:
-            return 0  # malformed: parse_variance_spec says what is wrong
-    return variance.count(",") + 1
-
-
 def _grid(variance: Any) -> np.ndarray:
-    from .limits import check_size
     from .tables import parse_variance_spec
 
-    check_size("plot_points", _count_points(variance))
-    return parse_variance_spec(variance)
+    return parse_variance_spec(variance, limit="plot_points")
 
 
 def _shorten(name: str) -> str:
@@ -251,6 +236,18 @@ def plot(activations: str | Activation | Sequence[str | Activation], variance: A
     return ax.figure
 
 
+def _pixels(size: Any) -> tuple[int, int]:
+    """(width, height) as ints in 100..8000, or a one-line error."""
+    try:
+        width, height = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise GainDeriveError(f"plot size must be (width, height) in pixels, e.g. (900, 600); got {size!r}") \
+            from None
+    if not (100 <= width <= 8000 and 100 <= height <= 8000):
+        raise GainDeriveError(f"plot size {width}x{height} out of range; accepted: 100..8000 pixels per side")
+    return width, height
+
+
 def plot_gains(activations: str | Sequence[str | Activation], output: str | os.PathLike, *,
                variance: Any = DEFAULT_VARIANCE, size: tuple[int, int] = (900, 600),
                params: dict[str, Any] | None = None) -> None:
@@ -261,10 +258,8 @@ def plot_gains(activations: str | Sequence[str | Activation], output: str | os.P
     """
     names = _names(activations)
     new_figure, ticker = _matplotlib()
-    fmt = _check_output(output)
-    width, height = size
-    if not (100 <= width <= 8000 and 100 <= height <= 8000):
-        raise GainDeriveError(f"plot size {width}x{height} out of range; accepted: 100..8000 pixels per side")
+    fmt = check_output(output)
+    width, height = _pixels(size)
     q = _grid(variance)
     curves = _gain_curves(names, q, dict(params or {}))
     dpi = 100
@@ -276,7 +271,7 @@ def plot_gains(activations: str | Sequence[str | Activation], output: str | os.P
 def plot_propagation(activation: str, runs: dict, output: str | os.PathLike) -> None:
     """Per-layer E[x_l^2] (forward) and E[grad_l^2] (backward) for each gain; log axes where they drift > 10x."""
     new_figure, ticker = _matplotlib()
-    fmt = _check_output(output)
+    fmt = check_output(output)
     fig = new_figure(figsize=(11, 4.5), dpi=100, layout="tight")
     ax1, ax2 = fig.subplots(1, 2)
     for label, run in runs.items():
@@ -297,7 +292,7 @@ def plot_propagation(activation: str, runs: dict, output: str | os.PathLike) -> 
 def plot_critical_line(activation: str, points: Sequence, output: str | os.PathLike) -> None:
     """The edge of chaos chi_1 = 1 in the (sigma_b^2, sigma_w^2) plane (Schoenholz et al. 2017)."""
     new_figure, _ = _matplotlib()
-    fmt = _check_output(output)
+    fmt = check_output(output)
     if not points:
         raise GainDeriveError(f"{activation} has no critical point over the requested sigma_b^2: nothing to plot")
     fig = new_figure(figsize=(7, 5), dpi=100, layout="tight")

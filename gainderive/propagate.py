@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GainDeriveError
+from .errors import GainDeriveError, VarianceError
 from .limits import check_size
 
 __all__ = ["DISTRIBUTIONS", "MODES", "Propagation", "estimated_memory", "propagate"]
@@ -215,7 +215,7 @@ def propagate(activation: Any, *, gain: float | None = None, depth: int = 50, wi
     same seed gives the same result bit for bit.
     """
     from .backends.monte_carlo import check_seed
-    from .moments import check_variance
+    from .moments import check_variance, double_precision_message
     from .registry import activation as make_activation
 
     if mode not in MODES:
@@ -225,7 +225,10 @@ def propagate(activation: Any, *, gain: float | None = None, depth: int = 50, wi
                               f"layers; accepted: {', '.join(DISTRIBUTIONS)}")
     depth, width, batch, networks = _check_sizes(depth, width, batch, networks, distribution)
     seed = check_seed(seed)
-    q = check_variance(variance)
+    try:
+        q = check_variance(variance)
+    except VarianceError as exc:  # the depth check runs in double precision: no high-precision hint
+        raise VarianceError(double_precision_message(exc)) from None
     if np.ndim(q):
         raise GainDeriveError(f"propagate takes one input variance q, got {np.size(q)}")
     q = float(q)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -57,35 +56,38 @@ ROWS_PER_CHUNK = 4096
 _SPEC_FORMS = "accepted forms are start:stop:count[:log|lin] or a comma list a,b,c"
 
 
-def parse_variance_spec(spec: str | Any) -> np.ndarray:
+def parse_variance_spec(spec: str | Any, *, limit: str = "grid") -> np.ndarray:
     """q values from ``start:stop:count[:log|lin]`` (log spacing by default) or a comma list, e.g. ``0.5,1,2``.
 
     An array-like is accepted as is.  Every q must be a finite number > 0 in double precision (a start of
     ``1e-400`` is refused as underflowing, not rounded to 0); count is a whole number >= 1 (``1e6`` is
-    accepted) and, like the length of a list, at most ``limit("grid")``, checked before any q is allocated:
-    a larger grid raises :class:`~gainderive.limits.LimitError` naming the limit and how to raise it.
+    accepted) and, like the length of a list, at most the size limit ``limit`` ("grid" for a table,
+    "plot_points", "derive_points"), checked before any q is allocated: a larger grid raises
+    :class:`~gainderive.limits.LimitError` naming the limit and how to raise it.
     """
     from .moments import check_variance
 
     if not isinstance(spec, str):
+        if hasattr(spec, "__len__") and not hasattr(spec, "shape"):  # range(10**10): refused before it is copied
+            check_size(limit, len(spec))
         try:
             q = np.ravel(check_variance(spec))
         except VarianceError as exc:
             raise VarianceError(f"variance {_for_tables(exc)}") from None
-        check_size("grid", q.size)
+        check_size(limit, q.size)
         return q
     if ":" in spec:
         parts = spec.split(":")
         if len(parts) not in (3, 4) or (len(parts) == 4 and parts[3].strip() not in ("log", "lin")):
             raise GainDeriveError(f"variance spec {spec!r}: {_SPEC_FORMS}")
         count = _count(spec, parts[2])
-        check_size("grid", count)
+        check_size(limit, count)
         start, stop = (_spec_q(spec, part, name) for part, name in ((parts[0], "start"), (parts[1], "stop")))
         spacing = parts[3].strip() if len(parts) == 4 else "log"
         q = np.geomspace(start, stop, count) if spacing == "log" else np.linspace(start, stop, count)
     else:
         items = spec.split(",")
-        check_size("grid", len(items))
+        check_size(limit, len(items))
         q = np.array([_spec_q(spec, item, "") for item in items])
     try:
         return np.ravel(check_variance(q))  # linear spacing between normal ends can pass through subnormals
@@ -124,7 +126,9 @@ def _spec_q(spec: str, text: str, name: str) -> float:
 
 def _for_tables(exc: VarianceError, name: str = "") -> str:
     """check_variance's message for a table's q: tables are double precision, so no high-precision hint."""
-    text = re.sub(r' \(method="high_precision"[^)]*\)', "", str(exc)).removeprefix("variance ")
+    from .moments import double_precision_message
+
+    text = double_precision_message(exc).removeprefix("variance ")
     return f"{name} {text}" if name else text
 
 

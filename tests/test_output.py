@@ -115,6 +115,15 @@ def test_character_devices_are_refused_and_left_alone(tmp_path):
     assert stat.S_ISCHR(os.lstat(tmp_path / "null").st_mode)
 
 
+def test_a_symlinked_directory_into_dev_or_proc_is_refused(tmp_path):
+    # dl -> /dev made dl/x.csv a new file under /dev; pl -> /proc/self made pl/fd/N whatever fd N is
+    (tmp_path / "dl").symlink_to("/dev")
+    (tmp_path / "pl").symlink_to("/proc/self")
+    _refused(tmp_path / "dl" / "gainderive-test.csv", "/dev and /proc")
+    _refused(tmp_path / "pl" / "fd" / "2", "/dev and /proc")
+    assert not os.path.exists("/dev/gainderive-test.csv")
+
+
 def test_standard_output_and_proc_paths_are_refused(tmp_path):
     _refused("/dev/stdout", "/dev and /proc")
     _refused("/proc/self/status", "/dev and /proc")
@@ -409,3 +418,10 @@ def test_concurrent_writers_leave_one_complete_file(tmp_path):
     assert len(content) == _CHUNK * _CHUNKS
     assert content == bytes([content[0]]) * len(content) and content[0] < 8  # exactly one writer's bytes
     assert _temporaries(tmp_path) == []
+
+
+def test_a_long_name_in_a_multibyte_script_is_written(tmp_path):
+    # 80 three-byte characters + ".csv" is a valid 244-byte name; the temporary's stem is cut by bytes, not characters
+    target = tmp_path / ("日" * 80 + ".csv")
+    write_atomic(target, "new")
+    assert target.read_text() == "new" and _temporaries(tmp_path) == []

@@ -177,3 +177,17 @@ def test_the_png_has_the_requested_size(tmp_path):
     assert matplotlib.image.imread(target).shape[:2] == (480, 640)
     with pytest.raises(GainDeriveError, match=r"accepted: 100\.\.8000"):
         plotting.plot_gains(["elu"], target, variance=GRID, size=(10, 480))
+
+
+def test_every_spelling_of_a_count_meets_the_plot_points_limit(tmp_path):
+    # "1e5" is a count of 100,000 (tables accept it); it must meet the plot's limit, not slip past it as 0
+    for spec in ("1e-3:1e3:1e5", "1e-3:1e3:100000", range(100_000)):
+        with pytest.raises(LimitError, match="input variances q on one plot"):
+            gd.plot("relu", spec)
+
+
+@pytest.mark.parametrize("size", [(100,), ("a", "b"), None, (50, 600)])
+def test_a_bad_size_is_a_one_line_error(tmp_path, size):
+    with pytest.raises(GainDeriveError, match="plot size") as info:
+        plotting.plot_gains("relu", tmp_path / "gains.png", size=size)
+    assert "\n" not in str(info.value)
