@@ -122,18 +122,14 @@ def _within_limit(limit_name: str, value: int) -> None:
 
 
 def _digits(text: str) -> int:
-    """Significant digits for mpmath: 5 (below that no error bar is meaningful) up to the digits limit."""
-    from .limits import LimitError, limit
+    """Significant digits for mpmath, as :func:`gainderive.moments.check_digits` accepts them (5 up to the limit)."""
+    from .moments import check_digits
 
     value = _integer(text)
     try:
-        top = limit("digits")
-    except LimitError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if value is None or not 5 <= value <= top:
-        raise argparse.ArgumentTypeError(f"takes 5..{top} significant digits, got {text!r}" + (
-            " (GAINDERIVE_MAX_DIGITS raises the top)" if value is not None and value > top else ""))
-    return value
+        return check_digits(value if value is not None else text, None)
+    except GainDeriveError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("digits: ")) from None
 
 
 def _positive_real(text: str) -> float:

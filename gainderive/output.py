@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import signal
 import stat
@@ -212,8 +213,8 @@ def _temporary_names(name: str):
     """Unpredictable names for the temporary file (up to 80 bytes of the destination's name keep it readable and,
     with the 33 bytes added, under the 255-byte limit on a name, whatever the script it is written in)."""
     stem = os.fsdecode(os.fsencode(name)[:80].decode("utf-8", errors="ignore").encode("utf-8"))
-    while True:
-        yield f".{stem}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    while True:  # the pid lets a later run tell a live writer's temporary (a long table) from a killed one's
+        yield f".{stem}.{os.getpid()}-{secrets.token_hex(8)}{TEMP_SUFFIX}"
 
 
 def _create_temporary(folder: str, name: str) -> tuple[str, int]:
@@ -228,8 +229,23 @@ def _create_temporary(folder: str, name: str) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name after 100 tries")
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named this temporary still runs (its pid is in the name; unknown: assume so)."""
+    match = re.search(r"\.(\d+)-[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + "$", name)
+    if match is None:
+        return False  # an older run's name, without a pid: age alone decides
+    try:
+        os.kill(int(match[1]), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError, ValueError):
+        return True  # another user's process, or not ours to signal: leave its file alone
+    return True
+
+
 def _remove_stale_temporaries(folder: str) -> None:
-    """Delete temporary files that killed runs left in ``folder``: ours by suffix, owned by us, and old."""
+    """Delete temporary files that killed runs left in ``folder``: ours by suffix, owned by us, old, and
+    named by a process that no longer runs (a long write of a live run is older than an hour, yet not stale)."""
     now = time.time()
     uid = os.geteuid()
     try:
@@ -242,7 +258,8 @@ def _remove_stale_temporaries(folder: str) -> None:
                 continue
             try:
                 st = entry.stat(follow_symlinks=False)
-                if stat.S_ISREG(st.st_mode) and st.st_uid == uid and now - st.st_mtime > STALE_AFTER:
+                if (stat.S_ISREG(st.st_mode) and st.st_uid == uid and now - st.st_mtime > STALE_AFTER
+                        and not _writer_alive(entry.name)):
                     os.unlink(entry.path)
             except OSError:
                 continue  # gone already, or not ours to remove: leave it

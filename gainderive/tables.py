@@ -21,6 +21,7 @@ only memory that grows with the grid, and the text formats are written chunk by 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -299,13 +300,16 @@ def write_tables(stream: IO[str] | IO[bytes], tables: Iterable[Table], format: s
     ``tables`` may be a generator: each table is written and dropped before the next is computed, so memory
     holds one table.  csv and markdown: the tables' texts separated by a blank line.  json: one object, or
     (``as_list``, by default when ``tables`` has more than one element) a JSON list of them, as
-    ``json.dumps(..., indent=indent)`` followed by a newline.
+    ``json.dumps(..., indent=indent)`` followed by a newline; ``as_list=False`` with several tables is an
+    error (one JSON object cannot hold them).
     """
     if format not in FORMATS:
         raise GainDeriveError(f"unknown format {format!r}; accepted: {', '.join(FORMATS)}")
-    if as_list is None:
-        tables = list(tables) if not hasattr(tables, "__len__") else tables
-        as_list = len(tables) != 1  # type: ignore[arg-type]
+    if as_list is None:  # decided by the count: two tables are enough to know, the rest stay lazy
+        items = iter(tables)
+        first = list(itertools.islice(items, 2))
+        as_list, tables = len(first) != 1, itertools.chain(first, items)
+        del first
     _write_chunks(stream, _tables_chunks(tables, format, as_list, indent))
 
 
@@ -321,8 +325,12 @@ def _tables_chunks(tables: Iterable[Table], format: str, as_list: bool, indent: 
             del t
         return
     if not as_list:
+        written = False
         for t in tables:
+            if written:
+                raise GainDeriveError("as_list=False writes one JSON object, but several tables were given")
             yield from t.iter_json(indent)
+            written = True
             del t
         yield "\n"
         return

@@ -309,7 +309,7 @@ def test_writing_holds_one_chunk_of_text(monkeypatch):
     assert sink.size > 1.5e6 and peak < sink.size / 8, (sink.size, peak)  # the text is ~2 MB; a chunk ~30 kB
 
 
-@pytest.mark.parametrize(("fmt", "as_list"), [("csv", False), ("json", True), ("json", False), ("markdown", False)])
+@pytest.mark.parametrize(("fmt", "as_list"), [("csv", False), ("json", True), ("markdown", False)])
 def test_write_tables_holds_one_table_at_a_time(fmt, as_list):
     # `table relu elu -q ...:1000000`: each table is 120 MB of columns, so the next must not be computed while
     # the last is still referenced (an enumerate() result tuple once kept it alive: 268 MB instead of 175 MB)
@@ -327,3 +327,13 @@ def test_write_tables_holds_one_table_at_a_time(fmt, as_list):
 
     tables.write_tables(io.StringIO(), one_at_a_time(), fmt, as_list=as_list)
     assert len(written) == 3
+
+
+def test_write_tables_refuses_several_tables_as_one_json_object():
+    # as_list=False writes one JSON object: a second table would make the output invalid JSON ("Extra data")
+    tables_ = (gd.table(name, "1:2:3") for name in ("relu", "elu"))
+    with pytest.raises(GainDeriveError, match="several tables"):
+        tables.write_tables(io.StringIO(), tables_, "json", as_list=False)
+    out = io.StringIO()
+    tables.write_tables(out, [gd.table("relu", "1:2:3")], "json", as_list=False)
+    assert json.loads(out.getvalue())["meta"]["activation"] == "relu"

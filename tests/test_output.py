@@ -425,3 +425,17 @@ def test_a_long_name_in_a_multibyte_script_is_written(tmp_path):
     target = tmp_path / ("日" * 80 + ".csv")
     write_atomic(target, "new")
     assert target.read_text() == "new" and _temporaries(tmp_path) == []
+
+
+def test_an_old_temporary_of_a_live_writer_is_kept(tmp_path):
+    # a long table (raised limits) can keep its temporary open for over an hour: its pid is alive, so a second
+    # write to the same directory must not delete it; a dead pid's equally old temporary goes
+    old = time.time() - STALE_AFTER - 60
+    live = tmp_path / f".out.csv.{os.getpid()}-{'a' * 16}{TEMP_SUFFIX}"
+    dead_pid = 2**22 + 12345  # above the largest pid_max Linux allows (2^22): no such process
+    dead = tmp_path / f".out.csv.{dead_pid}-{'b' * 16}{TEMP_SUFFIX}"
+    for path in (live, dead):
+        path.write_text("partial")
+        os.utime(path, (old, old))
+    write_atomic(tmp_path / "other.csv", "new")
+    assert live.exists() and not dead.exists()
