@@ -16,12 +16,18 @@ digits, the former does not.
 
 from __future__ import annotations
 
+import ast
+import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from functools import lru_cache
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import mpmath as mp
 import numpy as np
@@ -260,27 +266,220 @@ def moment_functions(act: Activation) -> tuple[dict[str, sp.Expr], sp.Expr]:
     return functions, c
 
 
-def _prepare(activation, method: str, params: dict) -> tuple[Activation, Any, Any, dict]:
-    """The activation, its integrand for the four moments, the centre c, and which moments are infinite.
+class Prepared(NamedTuple):
+    """An activation ready for :func:`_moments`: what :func:`_prepare` returns (a table prepares it once)."""
 
-    The last is {label: :class:`~gainderive.singular.Infinite`} from :func:`gainderive.singular.analyse`,
-    decided from the formula before any backend runs; the registry's cached activations have none.  When it
-    is not empty the integrand is returned as {label: h}, to be compiled for the moments that are finite.
+    activation: Activation  # the caller's activation (its name and reference are what results report)
+    integrand: Any  # Integrand, the registry cache's CompiledIntegrand, or {label: h} when some moment is infinite
+    centre: Any  # c = f(0)
+    infinite: Mapping[str, Any]  # {label: Infinite} from gainderive.singular.analyse
+    compiled: Compiled | None = None  # the cache entry they came from; None for an activation that is not cached
+
+
+class Compiled:
+    """What evaluating the moments of one activation needs, built once and kept in :data:`_COMPILED`.
+
+    Keyed by the activation's normalised formula and exact parameter values (:func:`compile_key`), so a registry
+    name, the same formula typed as a string and an equal :class:`Activation` share one entry; parts are filled on
+    first use: the float64 integrand (the registry cache's, without sympy, or the symbolic one), the symbolic
+    integrand the high-precision backend needs, and the closed-form part: the verified forms, their compiled
+    programs and the set of forms *preferred* over quadrature (:func:`gainderive.gaussian_rules.verdicts`).
+    Parts are assigned whole, never mutated, so a race only builds a part twice.
+    """
+
+    __slots__ = ("closed", "exact_part", "float_part", "key")
+
+    def __init__(self, key: tuple) -> None:
+        self.key = key
+        self.float_part: tuple | None = None  # (integrand, centre, infinite) for the float64 backends
+        self.exact_part: tuple | None = None  # the same with the symbolic Integrand, which every backend takes
+        self.closed: tuple | None = None  # (forms, programs, preferred)
+
+
+#: Entries of the compile cache, least recently used first; at most :data:`COMPILE_CACHE_SIZE`.
+_COMPILED: OrderedDict[tuple, Compiled] = OrderedDict()
+_COMPILED_LOCK = threading.Lock()
+_COMPILED_COUNTS = {"hits": 0, "misses": 0}
+#: How many compiled activations are kept in memory (a user-formula entry holds sympy expressions: ~1 MB).
+COMPILE_CACHE_SIZE = 256
+#: Formulas longer than gainderive.formula.MAX_LENGTH are refused by the parser: never keyed, so never cached.
+_KEYED_LENGTH = 2000
+
+
+def compile_cache_info() -> dict[str, int]:
+    """{"hits", "misses", "size", "maxsize"} of the in-memory compile cache (for tests and benchmarks)."""
+    with _COMPILED_LOCK:
+        return {**_COMPILED_COUNTS, "size": len(_COMPILED), "maxsize": COMPILE_CACHE_SIZE}
+
+
+def clear_compile_cache() -> None:
+    """Forget every compiled activation (a test that replaces the closed-form verification calls this first)."""
+    with _COMPILED_LOCK:
+        _COMPILED.clear()
+        _COMPILED_COUNTS.update(hits=0, misses=0)
+
+
+def _compiled_entry(key: tuple) -> Compiled:
+    """The cache entry for ``key``, created (and the least recently used dropped beyond the bound) if new."""
+    with _COMPILED_LOCK:
+        entry = _COMPILED.get(key)
+        if entry is not None:
+            _COMPILED.move_to_end(key)
+            _COMPILED_COUNTS["hits"] += 1
+            return entry
+        _COMPILED_COUNTS["misses"] += 1
+        entry = _COMPILED[key] = Compiled(key)
+        while len(_COMPILED) > COMPILE_CACHE_SIZE:
+            _COMPILED.popitem(last=False)
+        return entry
+
+
+@lru_cache(maxsize=1024)
+def _normalised_formula(text: str) -> str | None:
+    """The formula's syntax tree as text: the parser reads only the tree, so equal trees are the same formula.
+
+    ``x*Phi(x)`` and ``x * Phi(x)`` are one formula; text that is not an expression is None (never cached).
+    """
+    if len(text) > _KEYED_LENGTH:
+        return None
+    try:
+        return ast.dump(ast.parse(text.strip(), mode="eval"))
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
+        return None
+
+
+def _exact_key(value: Any) -> Any:
+    """A parameter value as a hashable key that is equal exactly when the value means the same number.
+
+    Registry defaults are decimal strings and built activations hold sympy rationals: both become a Fraction
+    (``exact("1.5")`` is Rational(3, 2)).  A float stays a tagged float (sympy substitutes it as a Float, not
+    as a rational); another sympy number is its ``srepr``.  Anything else is None: that activation is not cached.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, Fraction)):
+        return Fraction(value)
+    if isinstance(value, float):
+        return ("float", value) if math.isfinite(value) else None
+    if isinstance(value, str):
+        try:
+            return Fraction(value.strip())
+        except (ValueError, ZeroDivisionError):
+            return None
+    if type(value).__module__.startswith("sympy"):
+        if getattr(value, "is_Rational", False) is True:
+            return Fraction(int(value.p), int(value.q))
+        if getattr(value, "is_number", False) is True:
+            from sympy import srepr
+
+            return ("sympy", srepr(value))
+    return None
+
+
+_NOT_KEYED = object()
+
+
+def compile_key(act: Activation) -> tuple | None:
+    """The compile-cache key of ``act``: normalised formula, exact parameter values, symbolic budgets in force.
+
+    The budgets (:func:`gainderive.budget.in_force`) are part of it because what the symbolic work finds depends
+    on them: an activation analysed under ``limits(closed_form_seconds=0)`` has no closed forms.  None for an
+    activation that cannot be keyed (a formula that does not parse, a parameter value that is not a number).
+    """
+    content = act.__dict__.get("_compile_key", _NOT_KEYED)
+    if content is _NOT_KEYED:  # the record is immutable (params is a read-only copy): its key never changes
+        formula = _normalised_formula(act.formula) if isinstance(act.formula, str) else None
+        values = tuple(sorted((str(k), _exact_key(v)) for k, v in act.params.items()))
+        content = None if formula is None or any(v is None for _, v in values) else (formula, values)
+        act.__dict__["_compile_key"] = content
+    if content is None:
+        return None
+    from .budget import SymbolicBudgetError, in_force
+
+    try:
+        return (*content, in_force())
+    except SymbolicBudgetError:  # a malformed GAINDERIVE_BUDGET_*: not cached; the symbolic work reports it, if any
+        return None
+
+
+def _prepare(activation, method: str, params: dict) -> Prepared:
+    """The activation, its integrand for the four moments, the centre c, which moments are infinite, its entry.
+
+    The infinite moments are {label: :class:`~gainderive.singular.Infinite`} from
+    :func:`gainderive.singular.analyse`, decided from the formula before any backend runs; the registry's cached
+    activations have none.  When it is not empty the integrand is returned as {label: h}, to be compiled for the
+    moments that are finite.  Everything is taken from the compile cache (:class:`Compiled`) when the activation
+    was prepared before; the activation returned is always the caller's (a registry name gives the registry
+    cache's record, which reports without sympy).
     """
     if isinstance(activation, str) and not params and method != "high_precision":
         from ._cache import lookup
 
         cached = lookup(activation.strip())
         if cached is not None:
-            return (*cached, {})
-    from .integrand import integrand
+            act, compiled_integrand, centre = cached
+            key = compile_key(act)
+            entry = None if key is None else _compiled_entry(key)
+            if entry is None or entry.float_part is None:
+                part = (compiled_integrand, centre, MappingProxyType({}))
+                if entry is not None:
+                    entry.float_part = part
+            else:
+                part = entry.float_part
+            return Prepared(act, *part, entry)
     from .registry import activation as make_activation
-    from .singular import analyse
 
     act = make_activation(activation, **params)
+    key = compile_key(act)
+    entry = None if key is None else _compiled_entry(key)
+    part = None if entry is None else entry.exact_part if method == "high_precision" else entry.float_part
+    if part is None:
+        part = _symbolic_part(act)
+        if entry is not None:
+            entry.exact_part = part
+            if entry.float_part is None:
+                entry.float_part = part
+    return Prepared(act, *part, entry)
+
+
+def _symbolic_part(act: Activation) -> tuple[Any, Any, Mapping[str, Any]]:
+    """(integrand, centre, infinite) of ``act`` through the symbolic layer (imports sympy)."""
+    from .integrand import integrand
+    from .singular import analyse
+
     functions, c = moment_functions(act)
     infinite = analyse(act, functions)
-    return act, (functions if infinite else integrand(act, functions)), c, infinite
+    return (MappingProxyType(functions) if infinite else integrand(act, functions)), c, MappingProxyType(infinite)
+
+
+def _closed_part(prepared: Prepared) -> tuple[dict, dict, frozenset]:
+    """(forms, programs, preferred) of the prepared activation, from its cache entry once built."""
+    entry = prepared.compiled
+    if entry is not None and entry.closed is not None:
+        return entry.closed
+    closed = _derive_closed_part(prepared.activation)
+    if entry is not None:
+        entry.closed = closed
+    return closed
+
+
+def _derive_closed_part(act: Activation) -> tuple[dict, dict, frozenset]:
+    """The verified closed forms of ``act``, their (whole, terms) programs, and which are preferred.
+
+    From the registry cache when ``act`` came from it (no sympy), else derived and verified
+    (:func:`gainderive.gaussian_rules.verdicts`) and compiled.
+    """
+    cached = act.__dict__.get("_closed_forms")  # set by the registry cache: no sympy needed
+    if cached is not None:
+        forms, programs = cached
+        return forms, programs, frozenset()
+    from .gaussian_rules import programs as compile_form
+    from .gaussian_rules import verdicts
+
+    found = verdicts(act)
+    forms = {name: v.form if v.status in ("verified", "preferred") else None for name, v in found.items()}
+    preferred = frozenset(name for name, v in found.items() if v.status == "preferred")
+    return forms, {name: compile_form(act, name) for name in MOMENTS}, preferred
 
 
 def moments(
@@ -327,9 +526,15 @@ def moments(
     return _moments(_prepare(activation, method, params), variance, method, options)
 
 
-def _moments(prepared: tuple, variance: Any, method: str, options: dict) -> Moments:
-    """:func:`moments` for an activation already prepared by :func:`_prepare` (a table prepares it once)."""
-    act, ig, _, infinite = prepared
+def _moments(prepared: Prepared, variance: Any, method: str, options: dict) -> Moments:
+    """:func:`moments` for an activation already prepared by :func:`_prepare` (a table prepares it once).
+
+    Closed forms first: for ``auto`` and ``closed_form``, when every moment has a verified form that covers every q
+    (:func:`_closed_forms_first`), the forms are the answer and no quadrature runs.  Otherwise quadrature runs and
+    its results are replaced by the forms where they are at least as accurate (:func:`_with_closed_forms`).
+    """
+    act, ig, _, infinite = prepared[:4]
+    prepared = prepared if isinstance(prepared, Prepared) else Prepared(act, ig, prepared[2], infinite)
     rtol = options.get("rtol")
     with _working_precision(method, options.get("digits"), variance) as (q, digits):
         options = {**options, "digits": digits}
@@ -337,6 +542,12 @@ def _moments(prepared: tuple, variance: Any, method: str, options: dict) -> Mome
             from .singular import raise_if_infinite
 
             raise_if_infinite(infinite, [label for label in ig if label != _DERIVATIVE], q, act.name)
+        evaluated: dict = {}
+        if method in ("auto", "closed_form") and not infinite:  # an infinite moment keeps the path below
+            closed = _closed_part(prepared)
+            first, evaluated = _closed_forms_first(act, q, closed, rtol or 1e-13)
+            if first is not None:
+                return first
         try:
             if infinite:
                 mean, second, derivative, *centred = _singular_moments(act, ig, infinite, q, method, options)
@@ -346,24 +557,50 @@ def _moments(prepared: tuple, variance: Any, method: str, options: dict) -> Mome
             if method not in ("auto", "closed_form", "quadrature"):
                 raise
             if method != "quadrature" and not infinite and isinstance(exc, ConvergenceError):
-                covered = _closed_forms_alone(act, q, rtol or 1e-13)
+                covered = _closed_forms_alone(act, q, rtol or 1e-13, _closed_part(prepared), evaluated)
                 if covered is not None:  # sin at q = 1e8: too oscillatory for panels, exact in closed form
                     return covered
             return _resolve_singularity(act, q, exc)
         variance_f = _variance(mean, *(centred or (second, None)), second=second)
         result = Moments(act, q, mean, second, derivative, variance_f, digits=digits)
     if method in ("auto", "closed_form"):
-        result = _with_closed_forms(result, rtol or 1e-13)
+        result = _with_closed_forms(result, rtol or 1e-13, _closed_part(prepared), evaluated)
         if np.any(np.isinf(np.asarray(derivative.value, dtype=float))):  # a closed form never replaces an infinity
             result = replace(result, derivative_second_moment=derivative)
     return result
 
 
-def _closed_forms_alone(act: Activation, q: Any, rtol: float) -> Moments | None:
+def _closed_forms_first(act: Activation, q: Any, closed: tuple, rtol: float) -> tuple[Moments | None, dict]:
+    """(the moments from closed forms alone, or None; {moment: (value, error)} of the forms evaluated so far).
+
+    A moment is covered at a q where its verified form is finite with an error bar <= rtol |value| (there is no
+    quadrature error to compare with yet: a form less accurate than rtol leaves that moment to quadrature), or,
+    for a form *preferred* over quadrature, wherever it is finite.  None unless every moment is covered at every
+    q; the evaluations are returned so that the merge after quadrature does not repeat them.
+    """
+    forms, programs, preferred = closed
+    if any(programs.get(name) is None for name in MOMENTS):
+        return None, {}
+    from .closed_form import evaluate
+
+    evaluated = {}
+    for name in MOMENTS:
+        value, error = evaluated[name] = evaluate(*programs[name], q)
+        if name in preferred:
+            covered = np.isfinite(value) & np.isfinite(error)
+        else:
+            covered = np.isfinite(value) & (error <= rtol * np.abs(value))
+        if not np.all(covered):
+            return None, evaluated
+    estimates = (Estimate(evaluated[name][0][()], evaluated[name][1][()], "closed_form") for name in MOMENTS)
+    return Moments(act, q, *estimates, closed_forms=forms), evaluated
+
+
+def _closed_forms_alone(act: Activation, q: Any, rtol: float, closed: tuple, evaluated: dict) -> Moments | None:
     """The moments from verified closed forms alone, where quadrature failed; None unless every one is covered."""
     shape = np.shape(q)
     missing = Estimate(np.full(shape, np.nan)[()], np.full(shape, np.inf)[()], "none")
-    m = _with_closed_forms(Moments(act, q, missing, missing, missing, missing), rtol)
+    m = _with_closed_forms(Moments(act, q, missing, missing, missing, missing), rtol, closed, evaluated)
     if all(e.method == "closed_form" and np.all(np.isfinite(e.value)) for _, e in m):
         return m
     return None
@@ -433,31 +670,22 @@ def _singular_moments(act: Activation, functions: dict, infinite: dict, q: Any, 
     return (mean, second, derivative, *centred)
 
 
-def _with_closed_forms(m: Moments, rtol: float) -> Moments:
+def _with_closed_forms(m: Moments, rtol: float, closed: tuple, evaluated: dict | None = None) -> Moments:
     """Replace each moment by its verified closed form where that is at least as accurate at every q.
 
     A form that won arbitration against quadrature (high precision sided with it) replaces quadrature wherever
-    it evaluates to a finite number: there quadrature's own error bar was shown not to hold.
+    it evaluates to a finite number: there quadrature's own error bar was shown not to hold.  ``closed`` is
+    (forms, programs, preferred) from :func:`_closed_part`; ``evaluated`` holds forms already evaluated at ``m.q``.
     """
-    cached = m.activation.__dict__.get("_closed_forms")  # set by the registry cache: no sympy needed
-    preferred: set[str] = set()
-    if cached is not None:
-        forms, programs = cached
-    else:
-        from .gaussian_rules import programs as compile_form
-        from .gaussian_rules import verdicts
-
-        found = verdicts(m.activation)
-        forms = {name: v.form if v.status in ("verified", "preferred") else None for name, v in found.items()}
-        preferred = {name for name, v in found.items() if v.status == "preferred"}
-        programs = {name: compile_form(m.activation, name) for name in MOMENTS}
+    forms, programs, preferred = closed
+    evaluated = evaluated or {}
     from .closed_form import evaluate
 
     better = {}
     for name in MOMENTS:
         if programs.get(name) is None:
             continue
-        value, error = evaluate(*programs[name], m.q)
+        value, error = evaluated[name] if name in evaluated else evaluate(*programs[name], m.q)
         previous = getattr(m, name)
         if name in preferred:
             use = np.isfinite(value) & np.isfinite(error)

@@ -4,16 +4,29 @@ The references are hand-derived: E[relu(z)^2] = q/2 and E[relu'(z)^2] = 1/2 (He 
 bump f(x) = x + x exp(-a (x - b)^2) the 40-digit mpmath integral written below, split at the bump.
 """
 
+import importlib
 import warnings
 
 import mpmath as mp
 import numpy as np
+import pytest
 
 import gainderive as gd
 from gainderive import gaussian_rules
 from gainderive.activation import Activation
 from gainderive.closed_form import ClosedForm, verdicts
 from gainderive.estimate import Estimate
+
+
+@pytest.fixture(autouse=True)
+def _no_compiled_activations():
+    """moments() keeps each activation's verified forms per formula (its compile cache), not per object: empty it
+    before and after each test here, so that a form verified elsewhere is not used and a monkeypatched verdict does
+    not outlive its test."""
+    moments_module = importlib.import_module("gainderive.moments")  # gainderive.moments is the function
+    moments_module.clear_compile_cache()
+    yield
+    moments_module.clear_compile_cache()
 
 
 def fresh(formula: str) -> Activation:

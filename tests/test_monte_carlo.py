@@ -125,3 +125,64 @@ def test_memory_is_one_chunk_not_the_sample_count():
     finally:
         tracemalloc.stop()
     assert peak < 8 * 2**20
+
+
+# ---------------------------------------------------------------- several breakpoints: one program call per side
+
+def hardtanh_references(q):
+    """(E f, E f^2, E f'^2) for f = hardtanh(z) = clip(z, -1, 1), z ~ N(0, q), derived by hand at 30 digits.
+
+    With x = z/sqrt(q) standard normal and c = 1/sqrt(q), integration by parts (x phi(x) = -phi'(x)) gives
+    E[x^2 1{|x| < c}] = 2 Phi(c) - 1 - 2 c phi(c), and f^2 = 1 where |z| > 1, so
+    E f^2 = q (2 Phi(c) - 1 - 2 c phi(c)) + 2 Phi(-c);  f' = 1{|z| < 1} almost everywhere, so
+    E f'^2 = 2 Phi(c) - 1;  E f = 0 (f is odd).
+    """
+    with mp.workdps(30):
+        q = mp.mpf(q)
+        c = 1 / mp.sqrt(q)
+        second = q * (2 * mp.ncdf(c) - 1 - 2 * c * mp.npdf(c)) + 2 * mp.ncdf(-c)
+        return 0.0, float(second), float(2 * mp.ncdf(c) - 1)
+
+
+def relu6_references(q):
+    """(E f, E f^2, E f'^2) for f = relu6(z) = min(max(z, 0), 6), z ~ N(0, q), derived by hand at 30 digits.
+
+    Its two sides differ (0 for z < 0, z then 6 above): with s = sqrt(q), c = 6/s, E[x 1{0 < x < c}] =
+    phi(0) - phi(c) and E[x^2 1{0 < x < c}] = Phi(c) - 1/2 - c phi(c), so E f = s (phi(0) - phi(c)) + 6 Phi(-c),
+    E f^2 = q (Phi(c) - 1/2 - c phi(c)) + 36 Phi(-c), E f'^2 = Phi(c) - 1/2.
+    """
+    with mp.workdps(30):
+        q = mp.mpf(q)
+        s = mp.sqrt(q)
+        c = 6 / s
+        mean = s * (mp.npdf(0) - mp.npdf(c)) + 6 * mp.ncdf(-c)
+        second = q * (mp.ncdf(c) - mp.mpf(1) / 2 - c * mp.npdf(c)) + 36 * mp.ncdf(-c)
+        return float(mean), float(second), float(mp.ncdf(c) - mp.mpf(1) / 2)
+
+
+@pytest.mark.parametrize("q", [0.3, 1.7, 25.0])  # the cut at |t| = 1/sqrt(q): 1.83, 0.77, 0.2
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hardtanh_several_breakpoints_within_five_standard_errors_of_the_hand_derived_forms(q, seed):
+    from gainderive.backends.monte_carlo import stratify
+    from gainderive.integrand import integrand
+    from gainderive.moments import moment_functions
+    from gainderive.registry import activation
+
+    act = activation("hardtanh")
+    assert act.breakpoints == (-1.0, 1.0) and len(stratify(integrand(act, moment_functions(act)[0]), q).lower) == 2
+    m = gd.moments("hardtanh", q, method="monte_carlo", samples=2**18, seed=seed)
+    _, second, derivative = hardtanh_references(q)
+    assert m.mean.value == 0.0 and m.mean.error == 0.0  # each pair (z, -z) cancels exactly: f is odd
+    for est, truth in ((m.second_moment, second), (m.derivative_second_moment, derivative)):
+        assert abs(est.value - truth) <= LIMIT * est.error + 4 * np.spacing(truth), (est, truth)
+        # the bar is narrow enough for "within 5 SE" to mean something (at 2^17 pairs: <= 0.3 % for f^2; f'^2
+        # is constant in each stratum, so only the importance weights (within e^{+-0.4} of 1) leave a spread)
+        assert 0 < est.error < 5e-3 * truth
+
+
+@pytest.mark.parametrize("q", [16.0, 144.0])  # the cut at |t| = 6/sqrt(q): 1.5, 0.5
+def test_relu6_pieces_differ_on_the_two_sides_within_five_standard_errors(q):
+    m = gd.moments("relu6", q, method="monte_carlo", samples=2**18, seed=3)
+    for est, truth in zip((m.mean, m.second_moment, m.derivative_second_moment), relu6_references(q)):
+        assert abs(est.value - truth) <= LIMIT * est.error + 4 * np.spacing(truth), (est, truth)
+        assert 0 < est.error < 5e-3 * truth

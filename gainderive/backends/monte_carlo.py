@@ -17,7 +17,10 @@ error are wrong in a typical run.  The half line t >= 0 is therefore cut into
 strata [a_i, b_i): at |b|/\sqrt q for every breakpoint b of f (so each stratum
 lies inside one piece on either side of 0), and at |c \pm w 2^k|/\sqrt q,
 k = -2..6, for every feature (centre c, width w) of the integrand (a geometric
-set that resolves the feature at its own scale).  With p_i = P(a_i \le |t| < b_i)
+set that resolves the feature at its own scale).  Since every stratum lies in one
+piece on each side, a chunk of draws calls one program per side on all its samples,
+with no masks, concatenation or scatter: f with any number of breakpoints samples
+at the speed of a single kink.  With p_i = P(a_i \le |t| < b_i)
 and n_i pairs drawn from |t| restricted to the stratum,
 
 .. math::
@@ -31,10 +34,18 @@ rounded CDF values: Q(a) - Q(b) with the upper tail Q(t) = \Phi(-t) (so tail
 strata keep their digits), and for a *narrow* stratum (b - a)/2 \cdot b < 0.1
 by 8-point Gauss-Legendre on p_i/2 = \phi(m) h \int_{-1}^{1} e^{-m h v - h^2 v^2/2} dv
 (m, h the midpoint and half-width; the integrand is entire and varies by at most
-e^{\pm 0.1}, so the rule is exact to rounding).  Draws inside a stratum come from
-the inverse CDF, t = -\Phi^{-1}(Q(a) - u (Q(a) - Q(b))), u uniform, which stays
-accurate in the upper tail; in a narrow stratum, where \Phi^{-1} would resolve
-only a few ulps of \Phi, t is uniform on [a, b) with the importance weight
+e^{\pm 0.1}, so the rule is exact to rounding).  A draw inside a stratum costs one
+uniform u and no special function (\Phi^{-1} costs more than a normal draw): [a, b) is
+cut once at its conditional quantiles e_k = Q^{-1}(Q(a) - (k/K)(Q(a) - Q(b))),
+k = 0..K, K = 256 (upper-tail form, accurate far out); the integer part of K u picks
+a sub-interval, its fractional part places t uniformly inside, and the sample
+carries the importance weight of the stratum's law against this piecewise-uniform
+one, w = 2\phi(t) K \Delta_k / p_i (Owen 2013, ch. 9), exact whatever the rounding
+of the e_k, so the estimate stays unbiased, and within e^{\pm 0.37} of 1 (see
+:class:`_Sampler`).  The last sub-interval [e_{K-1}, b), where the density falls
+off fastest, is drawn by the exact inverse CDF, t = -\Phi^{-1}(Q(e_{K-1}) - v
+(Q(e_{K-1}) - Q(b))).  A narrow stratum, where \Phi^{-1} would resolve only a few
+ulps of \Phi, is one sub-interval: t is uniform on [a, b) with the weight
 2\phi(t)(b - a)/p_i = 2 e^{-(t - m)(t + m)/2}/G (G the quadrature sum), which
 lies within e^{\pm 0.1} of 1.  Allocation: half of the pairs are spread evenly
 over the strata (so a stratum of probability 10^{-5} inside a feature is still
@@ -197,7 +208,7 @@ def _check_finite(chunk_total: np.ndarray, chunk_square: np.ndarray, labels: tup
 
 
 def _pair_sums(integrand: Integrand, z: np.ndarray) -> np.ndarray:
-    """h_j(z) + h_j(-z) for every h_j, each piece's program on the samples in its interval."""
+    """h_j(z) + h_j(-z) for every h_j on the plain path: f smooth, or with a kink at 0 only."""
     cuts = integrand.breakpoints
     programs = integrand.numpy_pieces
     with np.errstate(all="ignore"):
@@ -207,17 +218,8 @@ def _pair_sums(integrand: Integrand, z: np.ndarray) -> np.ndarray:
             # a kink at 0 only: of each pair (z, -z) one sample lies on each side, so no masks are needed
             a = np.abs(z)
             plus, minus = programs[1](a), programs[0](-a)
-        else:
-            both = np.concatenate([z, -z])
-            values = np.empty((len(integrand.labels), *both.shape))
-            which = np.searchsorted(np.asarray(cuts), both)
-            for k, program in enumerate(programs):
-                mask = which == k
-                if mask.any():
-                    for j, h in enumerate(program(both[mask])):
-                        values[j][mask] = h
-            n = z.shape[0]
-            return values[:, :n] + values[:, n:]
+        else:  # other breakpoints are cut into strata (_integrate_strata), each inside one piece per side
+            raise AssertionError(f"breakpoints {cuts} belong on the stratified path")
         y = np.empty((len(plus), *z.shape))
         for j, (hp, hm) in enumerate(zip(plus, minus)):
             np.add(hp, hm, out=y[j])
@@ -376,8 +378,6 @@ class _Progress:
 
 def _stratified(integrand, q: float, pairs: int, seed, counter: _Progress) -> tuple[np.ndarray, np.ndarray]:
     """(values, standard errors) of every E[h_j] at one variance q."""
-    from scipy.special import ndtr, ndtri
-
     strata = stratify(integrand, q)
     counts = _allocate(strata.probability, pairs)
     rng = np.random.default_rng(seed)
@@ -388,36 +388,36 @@ def _stratified(integrand, q: float, pairs: int, seed, counter: _Progress) -> tu
     programs = integrand.numpy_pieces
     means = np.empty((m, counts.size))
     variances = np.empty((m, counts.size))
-    u = np.empty(min(_CHUNK, int(counts.max())))
+    chunk = min(_CHUNK, int(counts.max()))
+    u, work, index = np.empty(chunk), np.empty((3, chunk)), np.empty(chunk, dtype=np.intp)  # reused buffers
+    both = np.empty((2, chunk))  # z and -z
+    y_buffer = np.empty((m, chunk))
     for i, (a, b, n_i) in enumerate(zip(strata.lower, strata.upper, counts)):
         # each stratum lies inside one piece on each side of 0: find it from an interior point
         inside = a + 0.5 * min(b - a, 1.0)
         plus, minus = (int(np.searchsorted(cuts, side * inside * s)) for side in (1.0, -1.0))
-        narrow = bool(strata.narrow[i])
-        if narrow:
-            mid, g = 0.5 * (a + b), strata.narrow_sum[i]
-        else:
-            tail_a, tail_b = ndtr(-a), ndtr(-b)
+        # rounding may put z = t s a hair outside the piece: clip it back only where the piece ends
+        lo_plus, hi_plus, lo_minus, hi_minus = domains[plus], domains[plus + 1], domains[minus], domains[minus + 1]
+        bound_plus = bool(np.isfinite(lo_plus) or np.isfinite(hi_plus))
+        bound_minus = bool(np.isfinite(lo_minus) or np.isfinite(hi_minus))
+        sampler = _Sampler(a, b, strata.probability[i], bool(strata.narrow[i]))
         shift = total = square = None
         done = 0
         while done < n_i:
-            n = min(u.size, int(n_i) - done)
-            t = rng.random(out=u[:n])
+            n = min(chunk, int(n_i) - done)
             with np.errstate(all="ignore"):
-                if narrow:
-                    t = a + (b - a) * t
-                else:  # inverse CDF in the upper-tail form: Q(t) = Q(a) - u (Q(a) - Q(b))
-                    t = -ndtri(tail_a - t * (tail_a - tail_b))
-                np.clip(t, a, b, out=t)
-                z_plus = np.clip(t * s, domains[plus], domains[plus + 1])
-                z_minus = np.clip(-t * s, domains[minus], domains[minus + 1])
-                y = np.empty((m, n))
+                t, weight = sampler.draw(rng, u[:n], work, index)
+                z_plus, z_minus = both[0, :n], both[1, :n]
+                np.multiply(t, s, out=z_plus)
+                np.negative(z_plus, out=z_minus)
+                if bound_plus:
+                    np.clip(z_plus, lo_plus, hi_plus, out=z_plus)
+                if bound_minus:
+                    np.clip(z_minus, lo_minus, hi_minus, out=z_minus)
+                y = y_buffer[:, :n]
                 for j, (hp, hm) in enumerate(zip(programs[plus](z_plus), programs[minus](z_minus))):
                     np.add(hp, hm, out=y[j])
-                y *= 0.5
-                if narrow:  # importance weight 2 phi(t) (b - a) / p_i of uniform draws
-                    d = t - mid
-                    y *= (2.0 / g) * np.exp(-0.5 * d * (2.0 * mid + d))
+                y *= weight  # the importance weight, with the 1/2 of the pair average folded in
             if shift is None:
                 shift = y.mean(axis=1)
                 total, square = np.zeros(m), np.zeros(m)
@@ -431,3 +431,92 @@ def _stratified(integrand, q: float, pairs: int, seed, counter: _Progress) -> tu
         variances[:, i] = np.maximum(square - n_i * offset * offset, 0.0) / (n_i - 1)
     p = strata.probability
     return means @ p, np.sqrt(variances @ (p * p / counts))
+
+
+# Sub-intervals of equal probability in the tabulated inverse CDF of a wide stratum: a power of two, so that
+# u * K and its fractional part are exact.  At 256 the table stays in L1 cache and, over the strata of every
+# registry activation at q = 1e-4..1e4, every weight lies within e^{+-0.37} of 1 and E[w^2] <= 1.0003: the
+# weights cost under 0.03 % of variance against exact draws (the narrow strata's uniform draws: 0.2 %).
+_SUBINTERVALS = 256
+
+
+class _Sampler:
+    r"""Draws of |t| inside one stratum [a, b) and the importance weights that make them exact.
+
+    The stratum is cut into K sub-intervals [e_k, e_k + \Delta_k); a draw picks one with probability 1/K
+    (the integer part of K u, u uniform) and is uniform inside it (the fractional part), so its density is
+    g(t) = 1/(K \Delta_k).  The weight of the stratum's law 2\phi(t)/p_i against g is
+
+    .. math::  w(t) = 2\phi(t) K \Delta_k / p_i = C \Delta_k e^{-(t - a)(t + a)/2}, \qquad C = 2 K \phi(a) / p_i,
+
+    stored halved (the 1/2 of the pair average).  w is exact whatever the e_k, so the estimate is unbiased;
+    with e_k the conditional quantiles k/K, w stays close to 1 and the variance is nearly that of exact
+    draws.  The last sub-interval [e_{K-1}, b), where the density falls off fastest (to b = \infty in the
+    tail stratum), is drawn exactly instead, t = -\Phi^{-1}(Q(e_{K-1}) - v (Q(e_{K-1}) - Q(b))) with v the
+    fractional part, and weighs the constant K (Q(e_{K-1}) - Q(b)) / p_i (halved: no 2).  A narrow
+    stratum is one uniform sub-interval (K = 1).
+    """
+
+    def __init__(self, a: float, b: float, probability: float, narrow: bool):
+        from scipy.special import ndtr, ndtri
+
+        self.anchor = a
+        if narrow:  # phi varies by e^{+-0.1} at most across it: uniform draws
+            k_count, edges = 1, np.array([a, b])
+        else:
+            tail_a, tail_b = ndtr(-a), ndtr(-b)  # upper tails Q: full relative precision far out
+            k_count = _SUBINTERVALS
+            while True:
+                with np.errstate(all="ignore"):  # Q^{-1}(0) = inf at the end of an unbounded stratum
+                    edges = -ndtri(tail_a - np.arange(k_count + 1) / k_count * (tail_a - tail_b))
+                edges[0], edges[-1] = a, b
+                bounded = np.diff(edges)[:-1]  # the last one is drawn exactly, whatever its width
+                # quantiles that round together would leave a sub-interval without draws: use fewer
+                if k_count == 1 or np.all(bounded > 0):
+                    break
+                k_count //= 2
+        self.lower, self.width = edges[:-1], np.diff(edges)
+        self.scale = k_count * _INV_SQRT_2PI * np.exp(-0.5 * a * a) / probability  # C / 2
+        self.tail = None
+        if not narrow:
+            # the last sub-interval, where the density falls off fastest (or to infinity): exact draws
+            tail_last, tail_b = float(ndtr(-edges[-2])), float(ndtr(-b))
+            self.tail = (tail_last, tail_last - tail_b, k_count * (tail_last - tail_b) / probability)
+            self.width[-1] = 0.0  # its uniform draws are replaced by exact ones
+
+    def draw(self, rng: np.random.Generator, u: np.ndarray, work: np.ndarray, index: np.ndarray):
+        """len(u) draws t (written over u) and their halved weights (in work[0]); one uniform each.
+
+        ``work`` (3 rows) and ``index`` are scratch buffers at least len(u) long, reused across chunks.
+        """
+        from scipy.special import ndtri
+
+        n, k_count = u.size, self.lower.size
+        weight, spare, lower_k = work[0, :n], work[1, :n], work[2, :n]
+        rng.random(out=u)
+        if k_count == 1:
+            lower, width = self.lower[0], self.width[0]
+        else:
+            u *= k_count  # exact (a power of two): the integer part picks the sub-interval, the rest is uniform
+            k = index[:n]
+            k[...] = u  # truncation toward 0 = floor, u >= 0
+            u -= k
+            # mode="clip": k is in range by construction, and the default would copy through a buffer
+            width = np.take(self.width, k, out=spare, mode="clip")
+            lower = np.take(self.lower, k, out=lower_k, mode="clip")
+        fraction = u
+        if self.tail is not None:  # draws in [e_{K-1}, b): exact, before ``fraction`` is overwritten
+            far = np.flatnonzero(k == k_count - 1) if k_count > 1 else slice(None)
+            far_t = -ndtri(self.tail[0] - fraction[far] * self.tail[1])
+        t = np.multiply(width, fraction, out=u)
+        t += lower
+        np.subtract(t, self.anchor, out=weight)
+        weight *= np.add(t, self.anchor, out=lower_k)  # lower_k is no longer needed
+        weight *= -0.5
+        np.exp(weight, out=weight)
+        weight *= width
+        weight *= self.scale
+        if self.tail is not None:
+            t[far] = far_t
+            weight[far] = self.tail[2]
+        return t, weight
