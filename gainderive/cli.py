@@ -384,7 +384,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     crit.add_argument("activation", help=_ACTIVATION_HELP)
     crit.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0; default %(default)s")
     crit.add_argument("--line", metavar="SPEC", help="the critical line over sigma_b^2 = start:stop:count "
-                      "(linear, 2..10000 points) or a comma list, e.g. 0:0.5:11")
+                      "(linear, 2 points up to the line limit, 10,000 by default) or a comma list, e.g. 0:0.5:11")
     crit.add_argument("--depth", type=_count("depth"), default=50,
                       help="depth L of the isometry diagnostics; default %(default)s")
     crit.add_argument("--plot", help="draw the critical line to this file (.png, .pdf or .svg; needs matplotlib)")
