@@ -243,6 +243,13 @@ def _add_param(p: argparse.ArgumentParser) -> None:
                    "registry's values")
 
 
+def _add_mean_field(p: argparse.ArgumentParser) -> None:
+    """The options critical and meanfield share: sigma_b^2 and the depth of the isometry diagnostics."""
+    p.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0; default %(default)s")
+    p.add_argument("--depth", type=_count("depth"), default=50,
+                   help="depth L of the isometry diagnostics; default %(default)s")
+
+
 def _add_quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar (one is drawn on stderr only when it is a "
                    "terminal)")
@@ -382,11 +389,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                    "weight variance at which chi_1 = sigma_w^2 E[f'(z)^2] = 1 at the fixed point q*, with "
                    "depth scales and isometry diagnostics; --line tabulates, --plot draws the line.")
     crit.add_argument("activation", help=_ACTIVATION_HELP)
-    crit.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0; default %(default)s")
+    _add_mean_field(crit)
     crit.add_argument("--line", metavar="SPEC", help="the critical line over sigma_b^2 = start:stop:count "
                       "(linear, 2 points up to the line limit, 10,000 by default) or a comma list, e.g. 0:0.5:11")
-    crit.add_argument("--depth", type=_count("depth"), default=50,
-                      help="depth L of the isometry diagnostics; default %(default)s")
     crit.add_argument("--plot", help="draw the critical line to this file (.png, .pdf or .svg; needs matplotlib)")
     _add_param(crit)
     crit.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -396,9 +401,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
                     "Pennington et al. 2017) for one (sigma_w^2, sigma_b^2).")
     field.add_argument("activation", help=_ACTIVATION_HELP)
     field.add_argument("--weight-variance", "-w", required=True, help="sigma_w^2 > 0")
-    field.add_argument("--bias-variance", "-b", default="0", help="sigma_b^2 >= 0; default %(default)s")
-    field.add_argument("--depth", type=_count("depth"), default=50,
-                       help="depth L of the isometry diagnostics; default %(default)s")
+    _add_mean_field(field)
     field.add_argument("--variance", "-q", action=_Once,
                        help="use this q instead of solving for q*; default: solve for q*")
     _add_param(field)
