@@ -38,14 +38,13 @@ print(json.dumps({"seconds": elapsed, "evaluated": evaluated, "value": number}))
 
 def ours(name: str) -> tuple[float, float | None]:
     import gainderive as gd
-    from gainderive import gaussian_rules
+    from gainderive import gaussian_rules, verify
     from gainderive.closed_form import Q
 
-    gaussian_rules.closed_forms.cache_clear()
-    gaussian_rules.verified_forms.cache_clear()
+    verify.verdicts.cache_clear()
     act = gd.activation(name)
     start = time.perf_counter()
-    forms = gaussian_rules.verified_forms(act)
+    forms = verify.verified_forms(act)
     elapsed = time.perf_counter() - start
     second = forms["second_moment"]
     values = gaussian_rules._values(act)

@@ -22,7 +22,7 @@ import types
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 #: Exported name -> the submodule that defines it (a submodule itself where the name is the module).
 _EXPORTS = {
@@ -44,7 +44,7 @@ _EXPORTS = {
     "VarianceError": ".errors",
     "activation": ".registry",
     "calculate_gain": ".init",
-    "closed_forms": ".closed_form",
+    "closed_forms": ".verify",
     "correlation": None,
     "expectation": ".moments",
     "gain": ".gains",
@@ -127,7 +127,7 @@ sys.modules[__name__].__class__ = _Package
 if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names as if imported eagerly
     from . import correlation, init, meanfield, solve
     from .activation import Activation
-    from .closed_form import ClosedForm, closed_forms
+    from .closed_form import ClosedForm
     from .errors import (
         CheckError,
         ConvergenceError,
@@ -146,3 +146,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the lazy names as if imported e
     from .plotting import plot
     from .registry import REGISTRY, activation
     from .tables import Table, table
+    from .verify import closed_forms

@@ -257,7 +257,7 @@ def _add_quiet(p: argparse.ArgumentParser) -> None:
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The top-level parser and each subcommand's parser (whose prog, e.g. ``gainderive derive``, errors name)."""
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(prog="gainderive", description="Weight-initialisation gains for any activation from exact "
                      "Gaussian moments. Every size is bounded (GAINDERIVE_MAX_<NAME> raises a limit); "
@@ -520,15 +520,14 @@ def _derive(args: argparse.Namespace) -> int:
     act = first.activation
     forms = first.closed_forms
     if not forms and method not in ("quadrature", "monte_carlo"):  # high precision does not choose per moment
-        from .closed_form import closed_forms
+        from .verify import closed_forms
 
         forms = closed_forms(act)
     notes = {}
     if method not in ("quadrature", "monte_carlo") and "_closed_forms" not in act.__dict__:
-        from .closed_form import verdicts  # the registry cache holds verified forms; a formula's are derived here
+        from .compile import closed_form_notes  # the registry cache holds verified forms; a formula's were derived
 
-        notes = {name: v.reason for name, v in verdicts(act).items()
-                 if v.status in ("rejected", "preferred", "skipped")}
+        notes = closed_form_notes(act)
     reports = []
     for q, (at, g) in zip(qs, runs):
         reports.append({
@@ -820,20 +819,20 @@ def _verify_command(args: argparse.Namespace) -> int:
 
 
 def _init_command(args: argparse.Namespace) -> int:
-    from . import init
+    from .init import snippets, spec
 
     try:
         shape = tuple(int(v) for v in args.shape.split(","))
     except ValueError:
         raise GainDeriveError(f"--shape takes comma-separated integers, e.g. 64,32,3,3; got {args.shape!r}") from None
-    s = init.spec(args.activation, shape, mode=args.mode, distribution=args.distribution,
-                  variance=_variance(args.variance), layout=args.layout, groups=args.groups, **_params(args.param))
+    s = spec(args.activation, shape, mode=args.mode, distribution=args.distribution,
+             variance=_variance(args.variance), layout=args.layout, groups=args.groups, **_params(args.param))
     print(f"{s.activation}  shape {s.shape} ({s.layout} layout)  q = {s.variance:g}")
     print(f"  fan_in {s.fan_in}   fan_out {s.fan_out}   mode {s.mode}")
     print(f"  gain {s.gain:.10g}   std {s.std:.10g}" + (f"   bound {s.bound:.10g}" if s.bound else ""))
     print(f"  how: {s.how}")
     print("")
-    for framework, line in init.snippets(s).items():
+    for framework, line in snippets(s).items():
         print(f"  {framework:<6} {line}")
     return 0
 

@@ -9,6 +9,8 @@ can be shown and evaluated without importing sympy.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -18,11 +20,9 @@ import numpy as np
 if TYPE_CHECKING:
     import sympy as sp
 
-    from .activation import Activation
+    from .evaluate import Program
 
-__all__ = ["ClosedForm", "Verdict", "closed_forms", "evaluate", "verdicts"]
-
-_EPS = float(np.finfo(float).eps)
+__all__ = ["ClosedForm", "Verdict", "evaluate", "evaluate_many"]
 
 
 def __getattr__(name: str) -> Any:
@@ -73,40 +73,46 @@ class Verdict:
     reason: str = ""
 
 
-def verdicts(activation: str | Activation, **params: Any) -> dict[str, Verdict]:
-    """For each moment, the derived closed form (if any) and whether it was verified, preferred or rejected."""
-    from .gaussian_rules import verdicts as derive
-    from .registry import activation as make_activation
+def evaluate(whole: Program, terms: Program | None, q: Any) -> tuple[Any, Any]:
+    """(value, error bound) of a closed form at q, from its numpy program ``whole`` (the stable rewrite).
 
-    return derive(make_activation(activation, **params))
+    The bound is a running rounding-error bound (:meth:`~gainderive.evaluate.Program.bounded`, Higham 2002,
+    sec. 3.3): each operation's own rounding -- half an ulp for +, *, /, sqrt, 4 ulp for library functions, more
+    where a function squares its argument inside -- plus its arguments' errors times its condition, so that
+    rounding amplified by exp(u), by asin near 1 or by cancellation in a sum is counted.  Against 40-digit
+    references it holds from q = 1e-8 to 1e8 and is 2-25 times the worst actual error at ordinary q
+    (tests/test_closed_form_evaluation.py).  ``terms`` (the form's top-level terms, which the cruder bound before
+    used) is not needed and is ignored.
 
-
-def closed_forms(activation: str | Activation, **params: Any) -> dict[str, ClosedForm | None]:
-    """The verified closed forms of mean, second_moment, derivative_second_moment and variance.
-
-    None where there is none (tanh, sigmoid, ...) or where the derived form failed verification.
-
-    >>> str(closed_forms("relu")["second_moment"])
-    'q/2'
+    A Python float (or 0-d array, or numpy scalar) q takes the scalar path (``math``, a few microseconds) and
+    returns numpy float64 scalars; an array q returns arrays of its shape.
     """
-    from .gaussian_rules import verified_forms
-    from .registry import activation as make_activation
+    del terms
+    if type(q) is float or isinstance(q, np.floating) or (isinstance(q, np.ndarray) and q.ndim == 0):
+        found = whole.bounded_scalar(float(q))
+        if found is not None:
+            return np.float64(found[0][0]), np.float64(found[1][0])
+    values, bounds = whole.bounded(np.asarray(q, dtype=float))
+    return values[0], bounds[0]
 
-    return verified_forms(make_activation(activation, **params))
+
+@functools.lru_cache(maxsize=256)
+def _fused(programs: tuple[Program, ...]) -> Program:
+    from .evaluate import Program
+
+    return Program.fuse(programs)
 
 
-def evaluate(whole, terms, q) -> tuple[np.ndarray, np.ndarray]:
-    """(value, error bound) at an array of q from a closed form's two programs.
+def evaluate_many(forms: Sequence[tuple[Program, Program | None]], q: Any) -> list[tuple[Any, Any]]:
+    """[(value, error bound)] of several closed forms at the same q, as :func:`evaluate` gives each.
 
-    ``whole`` evaluates the form in one piece (so k e^u - k becomes expm1); ``terms`` evaluates
-    its top-level terms separately, whose magnitudes, times the amplification of their exponentials
-    (:meth:`~gainderive.evaluate.Program.amplification`), bound the rounding of their sum.
+    ``forms`` are (whole, terms) pairs; their programs are fused once (cached), so a subexpression they share --
+    e^{q/2} Phi(-sqrt q) in ELU's mean, second moment and variance -- is computed once.
     """
-    q = np.asarray(q, dtype=float)
-    with np.errstate(all="ignore"):
-        value = whole(q)[0]
-        parts = terms(q)
-        # each term's rounding is magnified by its exponentials: e^{q/2} at q = 1000 is only good to ~500 eps
-        amplified = np.abs(parts) * (1 + np.asarray(terms.amplification(q)))
-    error = 16 * (len(parts) + 2) * _EPS * np.sum(amplified, axis=0)
-    return value, error
+    fused = _fused(tuple(whole for whole, _ in forms))
+    if type(q) is float or isinstance(q, np.floating) or (isinstance(q, np.ndarray) and q.ndim == 0):
+        found = fused.bounded_scalar(float(q))
+        if found is not None:
+            return [(np.float64(v), np.float64(e)) for v, e in zip(*found)]
+    values, bounds = fused.bounded(np.asarray(q, dtype=float))
+    return list(zip(values, bounds))

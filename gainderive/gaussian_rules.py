@@ -20,8 +20,11 @@ normal integrals"; Johnson, Kotz & Balakrishnan 1994, ch. 13):
 erf is 2Φ(\sqrt2 x) - 1; sin and cos are complex exponentials (whole line only).
 Anything else (a Φ factor on a truncated piece, tanh, the sigmoid) has no
 closed form here and raises :class:`NoClosedFormError`; the caller falls back to
-quadrature.  Parameters and q stay symbolic; breakpoints may depend on the
-parameters (their order is that at the activation's parameter values).
+quadrature.  Nothing here is trusted as derived: :mod:`gainderive.verify`, a layer
+above both this module and the numeric backends, checks each form against
+quadrature before any result uses it (this module imports neither).  Parameters
+and q stay symbolic; breakpoints may depend on the parameters (their order is
+that at the activation's parameter values).
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ import sympy as sp
 
 from .activation import Activation
 from .budget import Budget, SymbolicBudgetError, expanded_terms, tree_size
-from .closed_form import ClosedForm, Q, Verdict
+from .closed_form import ClosedForm, Q
 from .formula import X, parameter_symbol
 from .functions import Phi
 
-__all__ = ["NoClosedFormError", "closed_forms", "programs", "skipped", "stable", "verdicts", "verified_forms"]
+__all__ = ["NoClosedFormError", "closed_forms", "skipped", "stable"]
 
 _MAX_TERMS = 400
 
@@ -304,13 +307,47 @@ def _tidy(expr: sp.Expr, budget: Budget) -> sp.Expr:
         simpler = sp.simplify(tidy)
         if sp.count_ops(simpler) < sp.count_ops(tidy):
             tidy = simpler
+    chosen = tidy if _agree(raw, tidy) else raw
+    if chosen.has(sp.I):  # a complex intermediate expand_complex could not remove: no real form to show or verify
+        raise NoClosedFormError("the derived form is not real term by term")
+    return chosen
+
+
+def _agree(raw: sp.Expr, tidy: sp.Expr) -> bool:
+    """Whether two forms agree to 1e-20 at two rational points, evaluated at 30 digits.
+
+    By the mpmath straight-line program (:class:`~gainderive.evaluate.Program`) where it can evaluate both: sympy's
+    evalf of a form full of Phi and square roots, and sympy's comparison of the results, took ~0.5 s per form.  A
+    form it cannot evaluate (a complex intermediate left by expand_complex) is evaluated by sympy, and the
+    comparison is still made in mpmath.
+    """
+    import mpmath as mp
+
+    from .errors import GainDeriveError
+    from .evaluate import Program
+
     symbols = sorted(raw.free_symbols | tidy.free_symbols, key=sp.default_sort_key)
-    for point in (sp.Rational(3, 7), sp.Rational(11, 5)):
-        values = {sym: point + k * sp.Rational(1, 13) for k, sym in enumerate(symbols)}
-        a, b = sp.N(raw.subs(values), 30), sp.N(tidy.subs(values), 30)
-        if not (a.is_number and b.is_number) or abs(a - b) > sp.Float(1e-20, 30) * (1 + abs(a)):
-            return raw
-    return tidy
+    points = [[sp.Rational(3, 7) + sp.Rational(k, 13) for k in range(len(symbols))],
+              [sp.Rational(11, 5) + sp.Rational(k, 13) for k in range(len(symbols))]]
+    with mp.workdps(30):
+        try:
+            program = Program([raw, tidy], symbols, backend="mpmath", dps=30)
+            pairs = [program(*(mp.mpf(v.p) / v.q for v in point)) for point in points]
+        except (GainDeriveError, ArithmeticError, TypeError, ValueError):
+            pairs = []
+            for point in points:
+                values = dict(zip(symbols, point))
+                a, b = sp.N(raw.subs(values), 30), sp.N(tidy.subs(values), 30)
+                if not (a.is_number and b.is_number):
+                    return False
+                try:
+                    pairs.append((a._to_mpmath(110), b._to_mpmath(110)))  # bits: 30 digits and guard
+                except (TypeError, ValueError, AttributeError):
+                    return False
+        for a, b in pairs:
+            if not (mp.isfinite(a) and mp.isfinite(b)) or abs(a - b) > mp.mpf("1e-20") * (1 + abs(a)):
+                return False
+    return True
 
 
 def closed_forms(act: Activation) -> dict[str, ClosedForm | None]:
@@ -402,196 +439,8 @@ def stable(expr: sp.Expr) -> sp.Expr:
     return sp.Add(*(rewrite(t) for t in sp.Add.make_args(sp.expand(expr))))
 
 
-_EPS = 2.220446049250313e-16
-VERIFY_Q = (1e-3, 0.1, 1.0, 10.0, 1e3)
-VERIFY_RTOL = 1e-12
-
-
 def _values(act: Activation) -> dict:
+    """The activation's parameter values as exact sympy numbers, keyed by their symbols."""
     from ._structure import exact
 
     return {parameter_symbol(k): exact(v) for k, v in act.params.items()}
-
-
-def programs(act: Activation, moment: str):
-    """(whole, terms) numpy programs of a verified closed form, or None.
-
-    ``whole`` evaluates the stable rewrite in one piece (so k e^u - k becomes expm1); ``terms`` evaluates its
-    top-level terms separately, whose magnitudes bound the rounding of the sum.
-    """
-    from .evaluate import Program
-
-    form = verified_forms(act).get(moment)
-    if form is None:
-        return None
-    expr = stable(form.expression.subs(_values(act)))
-    return Program([expr], [Q]), Program(list(sp.Add.make_args(expr)), [Q])
-
-
-def _mp_value(form: ClosedForm, values: dict, q: float, dps: int = 30):
-    import mpmath as mp
-
-    from .evaluate import Program
-
-    with mp.workdps(dps):
-        return Program([form.expression.subs(values)], [Q], backend="mpmath", dps=dps)(mp.mpf(q))[0]
-
-
-def _perturbed(act: Activation) -> list[Activation]:
-    """The activation at its parameters and, if it has any, at a second point with the same breakpoint order."""
-    from .errors import GainDeriveError
-    from .registry import activation
-
-    out = [act]
-    if act.params:
-        try:
-            moved = {k: v * sp.Rational(6, 5) + sp.Rational(1, 10) for k, v in _values_by_name(act).items()}
-            other = activation(act, **moved)
-            if len(other.breakpoints) == len(act.breakpoints):  # the same piece structure
-                out.append(other)
-        except GainDeriveError:
-            pass
-    return out
-
-
-def _values_by_name(act: Activation) -> dict:
-    from ._structure import exact
-
-    return {k: exact(v) for k, v in act.params.items()}
-
-
-def _reference(act: Activation, q: float) -> dict:
-    """Quadrature's moments at one q; without the derivative moment when f jumps (it is infinite then)."""
-    from .estimate import Estimate
-    from .moments import expectation, moments
-
-    if not act.jumps:
-        return dict(moments(act, q, "quadrature"))
-    mean, second = expectation(act, "f", q), expectation(act, "f**2", q)
-    error = second.error + 2 * abs(mean.value) * mean.error + mean.error**2
-    return {"mean": mean, "second_moment": second,
-            "variance": Estimate(second.value - mean.value**2, error, "quadrature")}
-
-
-@lru_cache(maxsize=128)
-def verdicts(act: Activation) -> dict[str, Verdict]:
-    """Each derived closed form of ``act`` checked against quadrature at VERIFY_Q (and a second parameter point).
-
-    Where the form and quadrature disagree, neither is trusted: a third method settles it, the high-precision
-    backend at 30 digits with the same cuts.  A form that agrees with it is kept and marked ``preferred`` (quadrature
-    was wrong for this activation, so the form replaces quadrature wherever it evaluates); a form that does not is
-    ``rejected`` with the reason.  A q at which quadrature cannot answer (the expectation leaves the double range)
-    is skipped; a form needs at least two q at which it was checked.
-    """
-    from .errors import GainDeriveError
-
-    forms, stopped = closed_forms(act), skipped(act)
-    out = {name: Verdict(form, "derived") if form is not None else
-           Verdict(None, "skipped", f"{stopped[name]}; quadrature is used") if name in stopped else
-           Verdict(None, "none") for name, form in forms.items()}
-    if all(f is None for f in forms.values()):
-        return out
-    points = dict.fromkeys(forms, 0)
-    for point in _perturbed(act):
-        values = _values(point)
-        for qi in VERIFY_Q:
-            try:
-                reference = _reference(point, qi)
-            except GainDeriveError:
-                continue
-            for name, form in forms.items():
-                if out[name].status not in ("derived", "preferred") or name not in reference:
-                    continue
-                try:
-                    exact_value = _mp_value(form, values, qi)
-                    scale = _scale(forms, name, values, qi, exact_value)
-                except GainDeriveError:  # a function (e.g. a Bessel function from sympy) we cannot evaluate
-                    out[name] = Verdict(form, "rejected", "the form cannot be evaluated numerically")
-                    continue
-                est = reference[name]
-                # a 30-digit evaluation of a form that cancels (a variance ~0) is exact only to ~1e-30 E[f^2]
-                floor = 1e-25 * _scale(forms, "second_moment", values, qi, exact_value) if forms["second_moment"] \
-                    else 0.0
-                if abs(float(exact_value) - float(est.value)) <= VERIFY_RTOL * scale + 2 * float(est.error) + floor:
-                    points[name] += 1
-                    continue
-                out[name] = _arbitrate(point, name, form, qi, exact_value, est, scale, floor)
-                if out[name].status == "preferred":
-                    points[name] += 1
-    for name, verdict in out.items():
-        if verdict.status == "rejected":
-            import warnings
-
-            warnings.warn(f"closed form of {name} for {act.name} dropped: {verdict.reason}", stacklevel=2)
-        elif verdict.form is not None and points[name] < 2:
-            out[name] = Verdict(verdict.form, "rejected", "fewer than two q at which it could be checked")
-        elif verdict.status == "derived":
-            out[name] = Verdict(verdict.form, "verified")
-    return out
-
-
-def _scale(forms, name, values, qi, exact_value) -> float:
-    """What 1e-12 is relative to: |value|, or sqrt(E[f^2]) for a mean (which may be 0)."""
-    import mpmath as mp
-
-    second = forms["second_moment"]
-    if name == "mean" and second is not None:
-        return float(mp.sqrt(abs(_mp_value(second, values, qi))))
-    if name == "second_moment" and second is not None:
-        return abs(float(_mp_value(second, values, qi)))
-    return abs(float(exact_value))
-
-
-_ARBITER_DIGITS = 30
-
-
-def _arbitrate(point: Activation, name: str, form: ClosedForm, qi: float, exact_value, est, scale: float,
-               floor: float) -> Verdict:
-    """Form and quadrature disagree at qi: settle it by the high-precision backend (same cuts, 30 digits)."""
-    import mpmath as mp
-
-    from .errors import GainDeriveError
-
-    quad = float(est.value)
-    try:
-        truth, error = _high_precision_reference(point, name, qi)
-    except GainDeriveError as exc:
-        return Verdict(form, "rejected", f"disagrees with quadrature at q = {qi:g} ({float(exact_value):.17g} vs "
-                                         f"{quad:.17g}) and high precision could not settle it ({exc})")
-    tolerance = VERIFY_RTOL * scale + float(error) + floor
-    form_off = abs(float(exact_value - truth))
-    if form_off <= tolerance and abs(quad - float(truth)) <= tolerance + 2 * float(est.error):
-        return Verdict(form, "derived")  # both right: they differed by less than their combined bars
-    if form_off <= tolerance:
-        return Verdict(form, "preferred",
-                       f"quadrature was off at q = {qi:g} ({quad:.17g}, high precision {mp.nstr(truth, 17)}); the "
-                       "closed form agrees with high precision and replaces quadrature")
-    rel = form_off / max(abs(float(truth)), 1e-300)
-    return Verdict(form, "rejected", f"disagrees with {_ARBITER_DIGITS}-digit quadrature at q = {qi:g} "
-                                     f"(form {float(exact_value):.17g}, high precision {mp.nstr(truth, 17)}, "
-                                     f"relative {rel:.2g})")
-
-
-def _high_precision_reference(act: Activation, name: str, q: float):
-    """(value, error) of one moment at q by the high-precision backend, as mpmath numbers."""
-    import mpmath as mp
-
-    from .moments import expectation, moments
-
-    text = repr(float(q))
-    with mp.workdps(_ARBITER_DIGITS + 10):
-        if name == "mean" or (act.jumps and name != "variance"):
-            h = {"mean": "f", "second_moment": "f**2"}[name]
-            est = expectation(act, h, text, "high_precision", digits=_ARBITER_DIGITS)
-        elif act.jumps:  # variance of a jumping f: from its mean and second moment
-            mean = expectation(act, "f", text, "high_precision", digits=_ARBITER_DIGITS)
-            second = expectation(act, "f**2", text, "high_precision", digits=_ARBITER_DIGITS)
-            return second.value - mean.value**2, second.error + 2 * abs(mean.value) * mean.error
-        else:
-            est = getattr(moments(act, text, "high_precision", digits=_ARBITER_DIGITS), name)
-        return est.value, est.error
-
-
-def verified_forms(act: Activation) -> dict[str, ClosedForm | None]:
-    """The closed forms of ``act`` that passed :func:`verdicts` (verified, or preferred over quadrature)."""
-    return {name: v.form if v.status in ("verified", "preferred") else None for name, v in verdicts(act).items()}

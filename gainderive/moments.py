@@ -16,24 +16,38 @@ digits, the former does not.
 
 from __future__ import annotations
 
-import ast
 import math
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
-from functools import lru_cache
-from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import mpmath as mp
 import numpy as np
 
+# the compile step, re-exported: tests and tools import these names from here
+from .compile import (  # noqa: F401
+    COMPILE_CACHE_SIZE,
+    ClosedPart,
+    Compiled,
+    Prepared,
+    _closed_part,
+    _compiled_entry,
+    _derive_closed_part,
+    _exact_key,
+    _normalised_formula,
+    _prepare,
+    _symbolic_part,
+    clear_compile_cache,
+    compile_cache_info,
+    compile_key,
+    moment_functions,
+)
 from .errors import ConvergenceError, DivergenceError, FormulaError, GainDeriveError, VarianceError
 from .estimate import Estimate
+from .verify import combine_variance as _variance
 
 if TYPE_CHECKING:  # sympy and the symbolic layer load on first use; a cached registry activation needs neither
     import sympy as sp
@@ -45,8 +59,8 @@ __all__ = ["METHODS", "MOMENTS", "Moments", "expectation", "moments"]
 
 #: The moment names, in the order they are reported.
 MOMENTS = ("mean", "second_moment", "derivative_second_moment", "variance")
-#: Backends a computation can use.  "auto" takes a verified closed form where one exists and is at least as
-#: accurate as quadrature at every q, quadrature otherwise; "closed_form" is the same, named explicitly.
+#: Backends a computation can use.  "auto" takes, q by q, a verified closed form where one exists and is at least
+#: as accurate as quadrature there, quadrature otherwise; "closed_form" is the same, named explicitly.
 METHODS = ("auto", "closed_form", "quadrature", "high_precision", "monte_carlo")
 
 
@@ -70,6 +84,7 @@ class Moments:
 _SMALLEST_NORMAL = float(np.finfo(float).tiny)
 _LARGEST = float(np.finfo(float).max)
 _REAL_KINDS = "fiu"  # numpy dtype kinds taken as q: float, signed and unsigned integer
+_FLOATS = (float, np.float64)
 
 
 def check_variance(variance: Any, *, scalar: bool = False, exact: bool = False) -> Any:
@@ -85,6 +100,8 @@ def check_variance(variance: Any, *, scalar: bool = False, exact: bool = False) 
     stripped of its imaginary part), strings that are not numbers, arrays of strings or of Python objects,
     ragged sequences, empty arrays, q <= 0, nan, inf and (in double precision) subnormal q.
     """
+    if type(variance) in _FLOATS and not exact and _SMALLEST_NORMAL <= variance <= _LARGEST:  # the common case
+        return np.float64(variance)
     if isinstance(variance, (bool, np.bool_)) or variance is None:
         raise VarianceError(f"variance q must be a finite number > 0, got {variance!r}")
     if isinstance(variance, (complex, np.complexfloating, mp.mpc)):
@@ -209,10 +226,10 @@ def check_digits(digits: Any, default: int) -> int:
     limit a :class:`~gainderive.limits.LimitError` naming the variable that raises it (mpmath's cost grows
     faster than the square of the digits: 100,000 would not finish).
     """
-    from .limits import check_size, limit
-
     if digits is None:
         return default
+    from .limits import check_size, limit
+
     if isinstance(digits, (bool, np.bool_)) or not isinstance(digits, (int, np.integer)) or digits < MIN_DIGITS:
         raise GainDeriveError(f"digits must be an integer from {MIN_DIGITS} to {limit('digits')}; got {digits!r}")
     return check_size("digits", int(digits))
@@ -223,7 +240,8 @@ def _run(ig: Integrand, q: Any, method: str, options: dict) -> tuple[Estimate, .
     if method in ("auto", "closed_form", "quadrature"):
         from .backends import quadrature
 
-        return quadrature.integrate(ig, q, **_only(options, "rtol"))
+        rtol = options.get("rtol")
+        return quadrature.integrate(ig, q) if rtol is None else quadrature.integrate(ig, q, rtol=rtol)
     if method == "high_precision":
         from .backends import high_precision
 
@@ -239,247 +257,6 @@ def _run(ig: Integrand, q: Any, method: str, options: dict) -> tuple[Estimate, .
 
 def _only(options: dict, *names: str) -> dict:
     return {k: v for k, v in options.items() if k in names and v is not None}
-
-
-def moment_functions(act: Activation) -> tuple[dict[str, sp.Expr], sp.Expr]:
-    """The integrands h of E[h] that the four moments need, and the centre c = f(0) they use.
-
-    c keeps Var f = E[(f - c)^2] - (E[f - c])^2 well conditioned; it is 0 where f(0) is not finite,
-    and when c = 0 the centred integrand is f^2 itself.  E[f - c] is integrated as its own expectation
-    rather than formed as E[f] - c: for softplus at q = 1e-20, E[f] - log 2 = q/8 would be all rounding.
-    """
-    import sympy as sp
-
-    from .formula import X
-    from .integrand import DF, F
-
-    try:
-        c = act.expression.subs(X, 0)
-    except (TypeError, ValueError, ArithmeticError):  # e.g. a condition on log(x), undefined at 0
-        c = sp.S.Zero
-    if not (c.is_number and c.is_finite and c.is_real):
-        c = sp.S.Zero
-    functions = {"f(z)": F, "f(z)^2": F**2, "f'(z)^2": DF**2}
-    if c != 0:
-        functions[f"(f(z) - {c})^2"] = (F - c) ** 2
-        functions[f"f(z) - {c}"] = F - c
-    return functions, c
-
-
-class Prepared(NamedTuple):
-    """An activation ready for :func:`_moments`: what :func:`_prepare` returns (a table prepares it once)."""
-
-    activation: Activation  # the caller's activation (its name and reference are what results report)
-    integrand: Any  # Integrand, the registry cache's CompiledIntegrand, or {label: h} when some moment is infinite
-    centre: Any  # c = f(0)
-    infinite: Mapping[str, Any]  # {label: Infinite} from gainderive.singular.analyse
-    compiled: Compiled | None = None  # the cache entry they came from; None for an activation that is not cached
-
-
-class Compiled:
-    """What evaluating the moments of one activation needs, built once and kept in :data:`_COMPILED`.
-
-    Keyed by the activation's normalised formula and exact parameter values (:func:`compile_key`), so a registry
-    name, the same formula typed as a string and an equal :class:`Activation` share one entry; parts are filled on
-    first use: the float64 integrand (the registry cache's, without sympy, or the symbolic one), the symbolic
-    integrand the high-precision backend needs, and the closed-form part: the verified forms, their compiled
-    programs and the set of forms *preferred* over quadrature (:func:`gainderive.gaussian_rules.verdicts`).
-    Parts are assigned whole, never mutated, so a race only builds a part twice.
-    """
-
-    __slots__ = ("closed", "exact_part", "float_part", "key")
-
-    def __init__(self, key: tuple) -> None:
-        self.key = key
-        self.float_part: tuple | None = None  # (integrand, centre, infinite) for the float64 backends
-        self.exact_part: tuple | None = None  # the same with the symbolic Integrand, which every backend takes
-        self.closed: tuple | None = None  # (forms, programs, preferred)
-
-
-#: Entries of the compile cache, least recently used first; at most :data:`COMPILE_CACHE_SIZE`.
-_COMPILED: OrderedDict[tuple, Compiled] = OrderedDict()
-_COMPILED_LOCK = threading.Lock()
-_COMPILED_COUNTS = {"hits": 0, "misses": 0}
-#: How many compiled activations are kept in memory (a user-formula entry holds sympy expressions: ~1 MB).
-COMPILE_CACHE_SIZE = 256
-#: Formulas longer than gainderive.formula.MAX_LENGTH are refused by the parser: never keyed, so never cached.
-_KEYED_LENGTH = 2000
-
-
-def compile_cache_info() -> dict[str, int]:
-    """{"hits", "misses", "size", "maxsize"} of the in-memory compile cache (for tests and benchmarks)."""
-    with _COMPILED_LOCK:
-        return {**_COMPILED_COUNTS, "size": len(_COMPILED), "maxsize": COMPILE_CACHE_SIZE}
-
-
-def clear_compile_cache() -> None:
-    """Forget every compiled activation (a test that replaces the closed-form verification calls this first)."""
-    with _COMPILED_LOCK:
-        _COMPILED.clear()
-        _COMPILED_COUNTS.update(hits=0, misses=0)
-
-
-def _compiled_entry(key: tuple) -> Compiled:
-    """The cache entry for ``key``, created (and the least recently used dropped beyond the bound) if new."""
-    with _COMPILED_LOCK:
-        entry = _COMPILED.get(key)
-        if entry is not None:
-            _COMPILED.move_to_end(key)
-            _COMPILED_COUNTS["hits"] += 1
-            return entry
-        _COMPILED_COUNTS["misses"] += 1
-        entry = _COMPILED[key] = Compiled(key)
-        while len(_COMPILED) > COMPILE_CACHE_SIZE:
-            _COMPILED.popitem(last=False)
-        return entry
-
-
-@lru_cache(maxsize=1024)
-def _normalised_formula(text: str) -> str | None:
-    """The formula's syntax tree as text: the parser reads only the tree, so equal trees are the same formula.
-
-    ``x*Phi(x)`` and ``x * Phi(x)`` are one formula; text that is not an expression is None (never cached).
-    """
-    if len(text) > _KEYED_LENGTH:
-        return None
-    try:
-        return ast.dump(ast.parse(text.strip(), mode="eval"))
-    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError):
-        return None
-
-
-def _exact_key(value: Any) -> Any:
-    """A parameter value as a hashable key that is equal exactly when the value means the same number.
-
-    Registry defaults are decimal strings and built activations hold sympy rationals: both become a Fraction
-    (``exact("1.5")`` is Rational(3, 2)).  A float stays a tagged float (sympy substitutes it as a Float, not
-    as a rational); another sympy number is its ``srepr``.  Anything else is None: that activation is not cached.
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, Fraction)):
-        return Fraction(value)
-    if isinstance(value, float):
-        return ("float", value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        try:
-            return Fraction(value.strip())
-        except (ValueError, ZeroDivisionError):
-            return None
-    if type(value).__module__.startswith("sympy"):
-        if getattr(value, "is_Rational", False) is True:
-            return Fraction(int(value.p), int(value.q))
-        if getattr(value, "is_number", False) is True:
-            from sympy import srepr
-
-            return ("sympy", srepr(value))
-    return None
-
-
-_NOT_KEYED = object()
-
-
-def compile_key(act: Activation) -> tuple | None:
-    """The compile-cache key of ``act``: normalised formula, exact parameter values, symbolic budgets in force.
-
-    The budgets (:func:`gainderive.budget.in_force`) are part of it because what the symbolic work finds depends
-    on them: an activation analysed under ``limits(closed_form_seconds=0)`` has no closed forms.  None for an
-    activation that cannot be keyed (a formula that does not parse, a parameter value that is not a number).
-    """
-    content = act.__dict__.get("_compile_key", _NOT_KEYED)
-    if content is _NOT_KEYED:  # the record is immutable (params is a read-only copy): its key never changes
-        formula = _normalised_formula(act.formula) if isinstance(act.formula, str) else None
-        values = tuple(sorted((str(k), _exact_key(v)) for k, v in act.params.items()))
-        content = None if formula is None or any(v is None for _, v in values) else (formula, values)
-        act.__dict__["_compile_key"] = content
-    if content is None:
-        return None
-    from .budget import SymbolicBudgetError, in_force
-
-    try:
-        return (*content, in_force())
-    except SymbolicBudgetError:  # a malformed GAINDERIVE_BUDGET_*: not cached; the symbolic work reports it, if any
-        return None
-
-
-def _prepare(activation, method: str, params: dict) -> Prepared:
-    """The activation, its integrand for the four moments, the centre c, which moments are infinite, its entry.
-
-    The infinite moments are {label: :class:`~gainderive.singular.Infinite`} from
-    :func:`gainderive.singular.analyse`, decided from the formula before any backend runs; the registry's cached
-    activations have none.  When it is not empty the integrand is returned as {label: h}, to be compiled for the
-    moments that are finite.  Everything is taken from the compile cache (:class:`Compiled`) when the activation
-    was prepared before; the activation returned is always the caller's (a registry name gives the registry
-    cache's record, which reports without sympy).
-    """
-    if isinstance(activation, str) and not params and method != "high_precision":
-        from ._cache import lookup
-
-        cached = lookup(activation.strip())
-        if cached is not None:
-            act, compiled_integrand, centre = cached
-            key = compile_key(act)
-            entry = None if key is None else _compiled_entry(key)
-            if entry is None or entry.float_part is None:
-                part = (compiled_integrand, centre, MappingProxyType({}))
-                if entry is not None:
-                    entry.float_part = part
-            else:
-                part = entry.float_part
-            return Prepared(act, *part, entry)
-    from .registry import activation as make_activation
-
-    act = make_activation(activation, **params)
-    key = compile_key(act)
-    entry = None if key is None else _compiled_entry(key)
-    part = None if entry is None else entry.exact_part if method == "high_precision" else entry.float_part
-    if part is None:
-        part = _symbolic_part(act)
-        if entry is not None:
-            entry.exact_part = part
-            if entry.float_part is None:
-                entry.float_part = part
-    return Prepared(act, *part, entry)
-
-
-def _symbolic_part(act: Activation) -> tuple[Any, Any, Mapping[str, Any]]:
-    """(integrand, centre, infinite) of ``act`` through the symbolic layer (imports sympy)."""
-    from .integrand import integrand
-    from .singular import analyse
-
-    functions, c = moment_functions(act)
-    infinite = analyse(act, functions)
-    return (MappingProxyType(functions) if infinite else integrand(act, functions)), c, MappingProxyType(infinite)
-
-
-def _closed_part(prepared: Prepared) -> tuple[dict, dict, frozenset]:
-    """(forms, programs, preferred) of the prepared activation, from its cache entry once built."""
-    entry = prepared.compiled
-    if entry is not None and entry.closed is not None:
-        return entry.closed
-    closed = _derive_closed_part(prepared.activation)
-    if entry is not None:
-        entry.closed = closed
-    return closed
-
-
-def _derive_closed_part(act: Activation) -> tuple[dict, dict, frozenset]:
-    """The verified closed forms of ``act``, their (whole, terms) programs, and which are preferred.
-
-    From the registry cache when ``act`` came from it (no sympy), else derived and verified
-    (:func:`gainderive.gaussian_rules.verdicts`) and compiled.
-    """
-    cached = act.__dict__.get("_closed_forms")  # set by the registry cache: no sympy needed
-    if cached is not None:
-        forms, programs = cached
-        return forms, programs, frozenset()
-    from .gaussian_rules import programs as compile_form
-    from .gaussian_rules import verdicts
-
-    found = verdicts(act)
-    forms = {name: v.form if v.status in ("verified", "preferred") else None for name, v in found.items()}
-    preferred = frozenset(name for name, v in found.items() if v.status == "preferred")
-    return forms, {name: compile_form(act, name) for name in MOMENTS}, preferred
 
 
 def moments(
@@ -529,81 +306,225 @@ def moments(
 def _moments(prepared: Prepared, variance: Any, method: str, options: dict) -> Moments:
     """:func:`moments` for an activation already prepared by :func:`_prepare` (a table prepares it once).
 
-    Closed forms first: for ``auto`` and ``closed_form``, when every moment has a verified form that covers every q
-    (:func:`_closed_forms_first`), the forms are the answer and no quadrature runs.  Otherwise quadrature runs and
-    its results are replaced by the forms where they are at least as accurate (:func:`_with_closed_forms`).
+    Closed forms first, per q: for ``auto`` and ``closed_form`` each verified form is evaluated at every q and
+    answers where it is *covered* (:func:`_covered`: inside the q-ranges decided at verification, finite, and
+    its error bar within rtol |value|); quadrature runs only at the q where some moment is not covered, and
+    there each form still replaces quadrature where it is at least as accurate (:func:`_merge_closed_forms`).
+    A moment answered by its form at some q and by quadrature at others reports the method ``closed_form``.
     """
     act, ig, _, infinite = prepared[:4]
     prepared = prepared if isinstance(prepared, Prepared) else Prepared(act, ig, prepared[2], infinite)
     rtol = options.get("rtol")
+    if method != "high_precision":
+        check_digits(options.get("digits"), DEFAULT_DIGITS)  # validated whatever the method
+        q = check_variance(variance)
+        if method in ("auto", "closed_form") and not infinite:
+            return _closed_forms_first(prepared, q, rtol or DEFAULT_RTOL, options)
+        return _computed(prepared, q, method, {**options, "digits": None}, rtol)
     with _working_precision(method, options.get("digits"), variance) as (q, digits):
-        options = {**options, "digits": digits}
-        if infinite:
-            from .singular import raise_if_infinite
+        return _computed(prepared, q, method, {**options, "digits": digits}, rtol)
 
-            raise_if_infinite(infinite, [label for label in ig if label != _DERIVATIVE], q, act.name)
-        evaluated: dict = {}
-        if method in ("auto", "closed_form") and not infinite:  # an infinite moment keeps the path below
-            closed = _closed_part(prepared)
-            first, evaluated = _closed_forms_first(act, q, closed, rtol or 1e-13)
-            if first is not None:
-                return first
-        try:
-            if infinite:
-                mean, second, derivative, *centred = _singular_moments(act, ig, infinite, q, method, options)
-            else:
-                mean, second, derivative, *centred = _run(ig, q, method, options)
-        except (ConvergenceError, DivergenceError) as exc:
-            if method not in ("auto", "closed_form", "quadrature"):
-                raise
-            if method != "quadrature" and not infinite and isinstance(exc, ConvergenceError):
-                covered = _closed_forms_alone(act, q, rtol or 1e-13, _closed_part(prepared), evaluated)
-                if covered is not None:  # sin at q = 1e8: too oscillatory for panels, exact in closed form
-                    return covered
-            return _resolve_singularity(act, q, exc)
-        variance_f = _variance(mean, *(centred or (second, None)), second=second)
-        result = Moments(act, q, mean, second, derivative, variance_f, digits=digits)
+
+DEFAULT_RTOL = 1e-13
+
+
+def _computed(prepared: Prepared, q: Any, method: str, options: dict, rtol: float | None) -> Moments:
+    """The moments by the backend of ``method`` at every q, the verified forms merged in for auto/closed_form."""
+    act, ig, _, infinite = prepared[:4]
+    if infinite:
+        from .singular import raise_if_infinite
+
+        raise_if_infinite(infinite, [label for label in ig if label != _DERIVATIVE], q, act.name)
+    try:
+        if infinite:
+            mean, second, derivative, *centred = _singular_moments(act, ig, infinite, q, method, options)
+        else:
+            mean, second, derivative, *centred = _run(ig, q, method, options)
+    except (ConvergenceError, DivergenceError) as exc:
+        if method not in ("auto", "closed_form", "quadrature"):
+            raise
+        return _resolve_singularity(act, q, exc)
+    result = Moments(act, q, mean, second, derivative, _variance(mean, *(centred or (second, None)), second=second),
+                     digits=options.get("digits"))
     if method in ("auto", "closed_form"):
-        result = _with_closed_forms(result, rtol or 1e-13, _closed_part(prepared), evaluated)
+        closed = _closed_part(prepared)
+        result = _merge_closed_forms(result, rtol or DEFAULT_RTOL, closed, _evaluated(closed, q))
         if np.any(np.isinf(np.asarray(derivative.value, dtype=float))):  # a closed form never replaces an infinity
             result = replace(result, derivative_second_moment=derivative)
     return result
 
 
-def _closed_forms_first(act: Activation, q: Any, closed: tuple, rtol: float) -> tuple[Moments | None, dict]:
-    """(the moments from closed forms alone, or None; {moment: (value, error)} of the forms evaluated so far).
+def _evaluated(closed: ClosedPart, q: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{moment: (value, error)} of each verified form at q, the forms fused into one program (shared terms once).
 
-    A moment is covered at a q where its verified form is finite with an error bar <= rtol |value| (there is no
-    quadrature error to compare with yet: a form less accurate than rtol leaves that moment to quadrature), or,
-    for a form *preferred* over quadrature, wherever it is finite.  None unless every moment is covered at every
-    q; the evaluations are returned so that the merge after quadrature does not repeat them.
+    :func:`gainderive.closed_form.evaluate_many`: ELU's e^{q/2} Phi(-sqrt q) appears in three of its forms.
     """
-    forms, programs, preferred = closed
-    if any(programs.get(name) is None for name in MOMENTS):
-        return None, {}
-    from .closed_form import evaluate
+    from .closed_form import evaluate_many
 
-    evaluated = {}
+    names = [name for name, program in closed.programs.items() if program is not None]
+    if not names:
+        return {}
+    return dict(zip(names, evaluate_many([closed.programs[name] for name in names], q)))
+
+
+def _covered(value: Any, error: Any, q: Any, spans: tuple, preferred: bool, rtol: float) -> Any:
+    """Where a form answers without quadrature: inside its decided q-ranges, finite, and within rtol |value|.
+
+    A form *preferred* over quadrature needs only be finite there.  A tolerance looser than the one the ranges
+    were decided at (:data:`gainderive.verify.RANGE_RTOL`) is met by the error bar alone.
+    """
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(value) & np.isfinite(error)
+        if not preferred:
+            ok = ok & (error <= rtol * np.abs(value))
+            if rtol > _RANGE_RTOL:
+                return ok
+    inside = False
+    for lo, hi in spans:
+        inside = inside | ((q >= lo) & (q <= hi))
+    return ok & inside
+
+
+def _covered_scalar(value: Any, error: Any, q: float, spans: tuple, preferred: bool, rtol: float) -> bool:
+    """:func:`_covered` at one q, in Python floats (the same comparisons, without numpy's per-call overhead)."""
+    value, error = float(value), float(error)
+    if not (math.isfinite(value) and math.isfinite(error)):
+        return False
+    if not preferred:
+        if not error <= rtol * abs(value):
+            return False
+        if rtol > _RANGE_RTOL:
+            return True
+    return any(lo <= q <= hi for lo, hi in spans)
+
+
+_RANGE_RTOL = 1e-13  # gainderive.verify.RANGE_RTOL (not imported: verify loads sympy's symbolic layer on use)
+
+
+def _closed_forms_first(prepared: Prepared, q: Any, rtol: float, options: dict) -> Moments:
+    """The moments at q: each verified form where it is covered, quadrature at the q that remain.
+
+    Where quadrature fails (sin at q = 1e8: too oscillatory for panels), the forms answer wherever they are
+    finite if that covers every moment at those q; otherwise the high-precision fallback of
+    :func:`_resolve_singularity` decides, as when no form exists.
+    """
+    act = prepared.activation
+    closed = _closed_part(prepared)
+    evaluated = _evaluated(closed, q)
+    scalar = type(q) is np.float64  # check_variance returns one q as a float64, several as an array
+    ranges, preferred = closed.ranges, closed.preferred
+    if scalar:
+        covered = {name: _covered_scalar(*evaluated[name], q, ranges.get(name, ()), name in preferred, rtol)
+                   for name in evaluated}
+        every = all(covered.values())
+    else:
+        covered = {name: _covered(*evaluated[name], q, ranges.get(name, ()), name in preferred, rtol)
+                   for name in evaluated}
+        every = all(np.all(c) for c in covered.values())
+    if every and len(covered) == len(MOMENTS):
+        estimates = [Estimate(evaluated[name][0][()], evaluated[name][1][()], "closed_form") for name in MOMENTS]
+        return Moments(act, q, *estimates, closed_forms=closed.forms)
+    if scalar:
+        rest, at = q, None
+    else:
+        missing = np.zeros(np.shape(q), dtype=bool)
+        for name in MOMENTS:
+            missing |= ~covered[name] if name in covered else True
+        at = np.nonzero(missing)
+        rest = q[at]
+    try:
+        mean, second, derivative, *centred = _run(prepared.integrand, rest, "quadrature", options)
+    except (ConvergenceError, DivergenceError) as exc:
+        if isinstance(exc, ConvergenceError):
+            alone = _closed_forms_alone(act, q, closed, evaluated)
+            if alone is not None:
+                return alone
+        return _resolve_singularity(act, q, exc)
+    quad = {"mean": mean, "second_moment": second, "derivative_second_moment": derivative,
+            "variance": _variance(mean, *(centred or (second, None)), second=second)}
+    out = []
     for name in MOMENTS:
-        value, error = evaluated[name] = evaluate(*programs[name], q)
-        if name in preferred:
-            covered = np.isfinite(value) & np.isfinite(error)
-        else:
-            covered = np.isfinite(value) & (error <= rtol * np.abs(value))
-        if not np.all(covered):
-            return None, evaluated
-    estimates = (Estimate(evaluated[name][0][()], evaluated[name][1][()], "closed_form") for name in MOMENTS)
-    return Moments(act, q, *estimates, closed_forms=forms), evaluated
+        part = quad[name]
+        if name not in evaluated:
+            if not scalar:
+                part = _scatter(part, at, np.shape(q))
+            out.append(part)
+            continue
+        value, error = evaluated[name]
+        rest_value, rest_error = (value, error) if scalar else (value[at], error[at])
+        if scalar:
+            if covered[name]:
+                out.append(Estimate(value[()], error[()], "closed_form"))
+                continue
+            # at the q quadrature answered, the form still replaces it where it is at least as accurate
+            use = _better_scalar(float(value), float(error), part, rtol, name in closed.preferred)
+            out.append(Estimate(value[()], error[()], "closed_form") if use else part)
+            continue
+        use = _better(rest_value, rest_error, part, rtol, name in closed.preferred)
+        merged_value, merged_error = value.copy(), error.copy()
+        merged_value[at] = np.where(use, rest_value, part.value)
+        merged_error[at] = np.where(use, rest_error, part.error)
+        from_form = covered[name].copy()
+        from_form[at] = use
+        method = "closed_form" if np.any(from_form) else part.method
+        out.append(Estimate(merged_value[()], merged_error[()], method))
+    return Moments(act, q, *out, closed_forms=closed.forms)
 
 
-def _closed_forms_alone(act: Activation, q: Any, rtol: float, closed: tuple, evaluated: dict) -> Moments | None:
-    """The moments from verified closed forms alone, where quadrature failed; None unless every one is covered."""
-    shape = np.shape(q)
-    missing = Estimate(np.full(shape, np.nan)[()], np.full(shape, np.inf)[()], "none")
-    m = _with_closed_forms(Moments(act, q, missing, missing, missing, missing), rtol, closed, evaluated)
-    if all(e.method == "closed_form" and np.all(np.isfinite(e.value)) for _, e in m):
-        return m
-    return None
+def _better(value: Any, error: Any, quadrature: Estimate, rtol: float, preferred: bool) -> Any:
+    """Where a form is at least as accurate as quadrature's estimate (a preferred form: wherever it is finite)."""
+    with np.errstate(invalid="ignore"):
+        use = np.isfinite(value) & np.isfinite(error)
+        if preferred:
+            return use
+        return use & (error <= np.maximum(rtol * np.abs(value), quadrature.error))
+
+
+def _better_scalar(value: float, error: float, quadrature: Estimate, rtol: float, preferred: bool) -> bool:
+    """:func:`_better` at one q, in Python floats."""
+    if not (math.isfinite(value) and math.isfinite(error)):
+        return False
+    return preferred or error <= max(rtol * abs(value), float(quadrature.error))
+
+
+def _scatter(part: Estimate, at: tuple, shape: tuple) -> Estimate:
+    """An estimate computed at q[at] only, as a full array (nan with an infinite bar at the other q)."""
+    value, error = np.full(shape, np.nan), np.full(shape, np.inf)
+    value[at], error[at] = part.value, part.error
+    return Estimate(value, error, part.method)
+
+
+def _closed_forms_alone(act: Activation, q: Any, closed: ClosedPart, evaluated: dict) -> Moments | None:
+    """The moments from verified closed forms alone, where quadrature failed; None unless every one is finite."""
+    if len(evaluated) < len(MOMENTS):
+        return None
+    out = []
+    for name in MOMENTS:
+        value, error = evaluated[name]
+        if not np.all(np.isfinite(value) & np.isfinite(error)):
+            return None
+        out.append(Estimate(value[()], error[()], "closed_form"))
+    return Moments(act, q, *out, closed_forms=closed.forms)
+
+
+def _merge_closed_forms(m: Moments, rtol: float, closed: ClosedPart, evaluated: dict) -> Moments:
+    """Replace each moment by its verified closed form at each q where that is at least as accurate.
+
+    A form that won arbitration against quadrature (high precision sided with it) replaces quadrature wherever
+    it evaluates to a finite number: there quadrature's own error bar was shown not to hold.
+    """
+    better = {}
+    for name, (value, error) in evaluated.items():
+        previous = getattr(m, name)
+        use = _better(value, error, previous, rtol, name in closed.preferred)
+        if np.all(use):
+            better[name] = Estimate(value[()], error[()], "closed_form")
+        elif np.any(use):  # per q: the form where it is better, quadrature elsewhere
+            keep = np.asarray(previous.value, dtype=float)
+            keep_error = np.asarray(previous.error, dtype=float)
+            better[name] = Estimate(np.where(use, value, keep)[()], np.where(use, error, keep_error)[()],
+                                    "closed_form")
+    return replace(m, closed_forms=closed.forms, **better)
 
 
 _DERIVATIVE = "f'(z)^2"
@@ -670,37 +591,6 @@ def _singular_moments(act: Activation, functions: dict, infinite: dict, q: Any, 
     return (mean, second, derivative, *centred)
 
 
-def _with_closed_forms(m: Moments, rtol: float, closed: tuple, evaluated: dict | None = None) -> Moments:
-    """Replace each moment by its verified closed form where that is at least as accurate at every q.
-
-    A form that won arbitration against quadrature (high precision sided with it) replaces quadrature wherever
-    it evaluates to a finite number: there quadrature's own error bar was shown not to hold.  ``closed`` is
-    (forms, programs, preferred) from :func:`_closed_part`; ``evaluated`` holds forms already evaluated at ``m.q``.
-    """
-    forms, programs, preferred = closed
-    evaluated = evaluated or {}
-    from .closed_form import evaluate
-
-    better = {}
-    for name in MOMENTS:
-        if programs.get(name) is None:
-            continue
-        value, error = evaluated[name] if name in evaluated else evaluate(*programs[name], m.q)
-        previous = getattr(m, name)
-        if name in preferred:
-            use = np.isfinite(value) & np.isfinite(error)
-        else:
-            use = np.isfinite(value) & (error <= np.maximum(rtol * np.abs(value), previous.error))
-        if np.all(use):
-            better[name] = Estimate(value[()], error[()], "closed_form")
-        elif name in preferred and np.any(use):  # per q: the form where it evaluates, quadrature elsewhere
-            keep = np.asarray(previous.value, dtype=float)
-            keep_error = np.asarray(previous.error, dtype=float)
-            better[name] = Estimate(np.where(use, value, keep)[()], np.where(use, error, keep_error)[()],
-                                    "closed_form")
-    return replace(m, closed_forms=forms, **better)
-
-
 DEFAULT_DIGITS = 40
 _GUARD = 10
 
@@ -732,29 +622,6 @@ def _exact_variance(variance: Any) -> mp.mpf:
     elif not isinstance(variance, (str, mp.mpf, Decimal, Fraction)):
         variance = repr(float(check_variance(variance, scalar=True)))
     return check_variance(variance, exact=True)
-
-
-def _variance(mean: Estimate, centred: Estimate, shifted: Estimate | None, *, second: Estimate) -> Estimate:
-    """Var f = E[(f - c)^2] - (E[f - c])^2, with the errors propagated to first order (plus the square).
-
-    ``shifted`` is E[f - c] integrated directly (None when c = 0, where it is E[f] itself).  In double
-    precision f - c carries f's own rounding, about delta = 4 eps |f| absolute however small f - c is, which
-    moves E[(f - c)^2] by up to 2 sqrt(E[(f - c)^2]) delta + delta^2: a nearly constant f (sigmoid nested 39
-    deep, Var f ~ 1e-50) evaluates to exactly c, and only this term keeps its bar above the true variance.
-    """
-    if mean.method == "high_precision":  # runs inside the caller's working precision
-        if shifted is not None:
-            d, d_error = shifted.value, shifted.error
-        else:
-            d, d_error = mean.value, mean.error
-        return Estimate(centred.value - d * d, centred.error + 2 * abs(d) * d_error + d_error**2, mean.method)
-    source = shifted if shifted is not None else mean
-    d, d_error = np.asarray(source.value, dtype=float), np.asarray(source.error, dtype=float)
-    value = np.asarray(centred.value) - d * d
-    delta = 4 * np.finfo(float).eps * np.sqrt(np.abs(np.asarray(second.value, dtype=float)))
-    rounding = 2 * np.sqrt(np.abs(np.asarray(centred.value, dtype=float))) * delta + delta**2
-    error = np.asarray(centred.error) + 2 * np.abs(d) * d_error + d_error**2 + rounding
-    return Estimate(value[()], error[()], mean.method)
 
 
 def expectation(

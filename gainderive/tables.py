@@ -169,7 +169,7 @@ class Table:
 
     @property
     def meta(self) -> dict[str, Any]:
-        from . import __version__
+        from ._version import __version__
 
         errors = {m: float(np.max(np.abs(self.columns[f"{m}_error"]))) for m in MOMENT_COLUMNS}
         return {

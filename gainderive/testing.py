@@ -418,7 +418,8 @@ class _Derivation:
         """The verified closed form (of the gain, when checking a gain), or None."""
         import sympy as sp
 
-        from .closed_form import Q, closed_forms
+        from .closed_form import Q
+        from .verify import closed_forms
 
         if self.moment not in MOMENTS:
             return None
@@ -447,7 +448,7 @@ class _Derivation:
 
     def other_points(self):
         """The activation at a second parameter point, to check claims that leave parameters free."""
-        from .gaussian_rules import _perturbed
+        from .verify import _perturbed
 
         return _perturbed(self.act)
 

@@ -21,14 +21,20 @@ from gainderive import budget as budget_module
 from gainderive import gaussian_rules
 from gainderive.activation import Activation
 from gainderive.budget import LIMITS, SymbolicBudgetError, expanded_terms, limits, polynomial_degree
-from gainderive.closed_form import verdicts
 from gainderive.errors import GainDeriveError
 from gainderive.formula import X, parse_formula
 from gainderive.integrand import _may_be_exp_polynomial
 from gainderive.rewrite import stable
+from gainderive.verify import verdicts
 
 ULP = 2.0**-52
 NESTED_ABS = "abs(abs(abs(abs(abs(x-16)-8)-4)-2)-1)"
+
+
+@pytest.fixture(autouse=True)
+def _no_disk_cache(monkeypatch):
+    """Every formula here is analysed afresh: none is read from, or written to, the per-user disk cache."""
+    monkeypatch.setenv("GAINDERIVE_NO_CACHE", "1")
 
 
 def fresh(formula: str) -> Activation:

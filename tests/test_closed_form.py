@@ -9,11 +9,12 @@ import pytest
 import sympy as sp
 
 import gainderive as gd
-from gainderive import gaussian_rules
+from gainderive import gaussian_rules, verify
 from gainderive.cli import main
-from gainderive.closed_form import ClosedForm, Q, closed_forms, evaluate
+from gainderive.closed_form import ClosedForm, Q, evaluate
 from gainderive.evaluate import Program
 from gainderive.functions import Phi
+from gainderive.verify import closed_forms
 
 COVERED = ["identity", "relu", "leaky_relu", "prelu", "abs", "elu", "celu", "selu", "gelu", "erf", "sin", "hardtanh",
            "relu6", "hardsigmoid", "hardswish"]
@@ -79,7 +80,7 @@ def test_float64_evaluation_within_1e_12(name):
     q = np.array([float(r["q"]) for r in records])
     act = gd.activation(name)
     for moment in ("mean", "second_moment", "derivative_second_moment"):
-        value, error = evaluate(*gaussian_rules.programs(act, moment), q)
+        value, error = evaluate(*verify.programs(act, moment), q)
         exact = np.array([float(mp.mpf(r[moment])) for r in records])
         scale = np.sqrt([float(mp.mpf(r["second_moment"])) for r in records]) if moment == "mean" else np.abs(exact)
         assert np.all(np.abs(value - exact) <= 1e-12 * scale), (moment, np.max(np.abs(value - exact) / scale))
@@ -103,11 +104,11 @@ def test_a_wrong_form_is_dropped_with_a_warning(monkeypatch):
     wrong = dict(real)
     wrong["second_moment"] = gaussian_rules._form("second_moment", real["second_moment"].expression * 1.001)
     monkeypatch.setattr(gaussian_rules, "closed_forms", lambda _: wrong)
-    gaussian_rules.verdicts.cache_clear()
+    verify.verdicts.cache_clear()
     with pytest.warns(UserWarning, match="dropped: disagrees with 30-digit quadrature"):
-        forms = gaussian_rules.verified_forms(act)
+        forms = verify.verified_forms(act)
     assert forms["second_moment"] is None and forms["mean"] is not None
-    gaussian_rules.verdicts.cache_clear()
+    verify.verdicts.cache_clear()
 
 
 def test_a_jump_keeps_the_closed_forms_of_f_alone():
@@ -150,7 +151,7 @@ def test_float64_forms_on_a_dense_grid_agree_with_quadrature(name):
     act = gd.activation(name)
     quad = gd.moments(name, q, "quadrature")
     for moment in MOMENTS:
-        value, _ = evaluate(*gaussian_rules.programs(act, moment), q)
+        value, _ = evaluate(*verify.programs(act, moment), q)
         reference = getattr(quad, moment).value
         scale = np.sqrt(quad.second_moment.value) if moment == "mean" else np.abs(reference)
         assert np.all(np.isfinite(value)), moment

@@ -12,17 +12,20 @@ import numpy as np
 import pytest
 
 import gainderive as gd
-from gainderive import gaussian_rules
+from gainderive import gaussian_rules, verify
 from gainderive.activation import Activation
-from gainderive.closed_form import ClosedForm, verdicts
+from gainderive.closed_form import ClosedForm
 from gainderive.estimate import Estimate
+from gainderive.verify import verdicts
 
 
 @pytest.fixture(autouse=True)
-def _no_compiled_activations():
+def _no_compiled_activations(monkeypatch):
     """moments() keeps each activation's verified forms per formula (its compile cache), not per object: empty it
     before and after each test here, so that a form verified elsewhere is not used and a monkeypatched verdict does
-    not outlive its test."""
+    not outlive its test.  The disk cache is off: a monkeypatched verdict must never be stored, nor one stored by
+    an earlier run be used instead of the patched verification."""
+    monkeypatch.setenv("GAINDERIVE_NO_CACHE", "1")
     moments_module = importlib.import_module("gainderive.moments")  # gainderive.moments is the function
     moments_module.clear_compile_cache()
     yield
@@ -59,7 +62,7 @@ def test_wrong_form_is_rejected_with_the_reason_and_quadrature_is_kept(monkeypat
 
 def test_form_that_high_precision_confirms_replaces_a_wrong_quadrature(monkeypatch):
     act = fresh("max(x, 0)")
-    true_reference = gaussian_rules._reference
+    true_reference = verify._reference
 
     def wrong_quadrature(point, q):
         out = dict(true_reference(point, q))
@@ -67,7 +70,7 @@ def test_form_that_high_precision_confirms_replaces_a_wrong_quadrature(monkeypat
         out["derivative_second_moment"] = Estimate(est.value + 1e-6, est.error, est.method)  # off, tiny bar
         return out
 
-    monkeypatch.setattr(gaussian_rules, "_reference", wrong_quadrature)
+    monkeypatch.setattr(verify, "_reference", wrong_quadrature)
     verdict = verdicts(act)["derivative_second_moment"]
     assert verdict.status == "preferred" and "high precision" in verdict.reason
     m = gd.moments(act, np.array([0.5, 3.0]))
@@ -86,7 +89,7 @@ def test_arbitration_that_cannot_be_settled_rejects_the_form(monkeypatch):
         raise ConvergenceError("stand-in for a high-precision failure")
 
     monkeypatch.setattr(gaussian_rules, "closed_forms", lambda a: wrong if a is act else {})
-    monkeypatch.setattr(gaussian_rules, "_high_precision_reference", no_answer)
+    monkeypatch.setattr(verify, "_high_precision_reference", no_answer)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         verdict = verdicts(act)["mean"]
