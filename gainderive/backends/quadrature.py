@@ -41,17 +41,49 @@ error of eps |t| times the variation of h phi over the panel.  It matters
 around a narrow feature far from z = 0 (relative error |z|/w eps for a bump of
 width w at z) and is left out of the refinement test, since bisection cannot
 reduce it.
+
+**A fixed rule first** (:func:`_fixed_rule`).  Before any adaptive round, every
+q of a chunk whose standard deviation s = \sqrt q is at most 64 is integrated by
+one of five fixed composite rules in t, K21/G10 on panels cut at 0 and
+mirrored: for s <= 0.55 at t = 2, 4, 6.5, 10 (168 nodes), for s <= 1 at 1,
+2.2, 4, 6.5, 10 (210); for s <= 4 and 16 at 0.3, 0.8 / 0.08, 0.2, 0.45, 0.9,
+then 1.6, 2.8, 4.5, 6.5, 10 (294, 378 nodes); for s <= 64 at 0.02, 0.05,
+0.11, 0.22, 0.45, 0.9, 2, 4, 6.5, 10 (420 nodes): graded toward 0, where h(s t)
+changes on the scale 1/s.  The nodes t_k and the Gaussian weights
+w_k \varphi(t_k) are constants, so a q costs one evaluation of the pieces at
+z = s t_k and a few reductions; its error is the same per-panel QUADPACK
+estimate as in the adaptive rounds (plus the same rounding floor, and the
+mass beyond |t| = 10 bounded from the outermost nodes).  A q is accepted only
+where that error meets the tolerance for every h_j and the rule can resolve
+the integrand there:
+
+* no breakpoint of f other than 0 lies within 38.5 standard deviations (one at 0
+  is a panel end of the rule);
+* every feature (centre c, width w) has a width in t, w/s, of at least 1/8 of
+  every panel that (c +- w)/s touches, so that it spans several nodes and the
+  Kronrod and Gauss results cannot both miss it (the failure the feature cuts
+  exist for);
+* every value is finite and the integrand has decayed at |t| = 10 (relative
+  1e-15 of E|h|, as at |t| = 38.5 in the adaptive rounds).
+
+Every other q (large q, oscillation the panels do not resolve, a kink away
+from 0, a narrow bump, overflow) goes to the adaptive rounds, which report
+divergence and non-convergence in their own words.  Each q's result depends on
+that q alone.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NoReturn
+import bisect
+import math
+import weakref
+from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
 import numpy as np
 
 from ..errors import ConvergenceError, DivergenceError
 from ..estimate import Estimate
-from ..features import feature_cuts_array
+from ..features import DEFAULT_FEATURE, feature_cuts_array
 from ._exact import piece_moments
 from ._gauss_kronrod import GAUSS_INDEX, GAUSS_WEIGHTS, KRONROD_NODES, KRONROD_WEIGHTS
 
@@ -78,7 +110,280 @@ _WG = np.zeros_like(_WK)
 _WG[list(GAUSS_INDEX)] = GAUSS_WEIGHTS
 _W2 = np.stack([_WK, _WG], axis=1)
 _ONES = np.ones(_XK.size - 1)
+_ENDS = [0, -1]
+_QUADPACK_SCALE = 200.0**1.5
+_WK_MINUS_WG = _WK - _WG
+_WK_AND_DIFFERENCE = np.stack([_WK, _WK_MINUS_WG])
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+
+
+class _Rule(NamedTuple):
+    """A fixed composite K21/G10 rule in t, symmetric, with precomputed Gaussian weights."""
+
+    largest_s: float  # the largest standard deviation it serves
+    edges: np.ndarray  # panel ends in t, (P + 1,), with 0 among them
+    t: np.ndarray  # nodes, (P * 21,), panel by panel
+    phi: np.ndarray  # phi(t) at the nodes
+    half: np.ndarray  # panel half-widths, (P,)
+    reach: np.ndarray  # largest |t| on each panel, (P,)
+    step_reach: np.ndarray  # for each step between successive nodes, the larger reach of the panels it touches
+    right: int  # index of the first node with t > 0
+    edge_list: list  # ``edges`` as Python floats, for the one-q path
+    half_list: list  # ``half`` as Python floats
+    scale3: np.ndarray  # (3, 1, P): half, 200 half, half, the scales of the Kronrod, difference and spread sums
+    tail_width: float  # width of the outermost panel
+
+
+def _make_rule(largest_s: float, cuts: tuple[float, ...]) -> _Rule:
+    positive = np.array(cuts)
+    edges = np.concatenate([-positive[::-1], [0.0], positive])
+    a, b = edges[:-1], edges[1:]
+    half = 0.5 * (b - a)
+    t = ((0.5 * (a + b))[:, None] + half[:, None] * _XK).ravel()
+    phi = np.exp(-0.5 * t * t) * _INV_SQRT_2PI
+    reach = np.maximum(np.abs(a), np.abs(b))
+    node_reach = np.repeat(reach, _XK.size)
+    return _Rule(largest_s, edges, t, phi, half, reach, np.maximum(node_reach[1:], node_reach[:-1]),
+                 positive.size * _XK.size, edges.tolist(), half.tolist(), np.stack([half, 200 * half, half])[:, None],
+                 float(2 * half[-1]))
+
+
+# Chosen by measuring where the K21/G10 estimate of tanh, silu, mish, gelu, softplus, sigmoid and softsign meets
+# 1e-13 over each range of s: panels graded toward 0, where h(s t) changes on the scale 1/s, and outer cuts where
+# phi falls by a few decades (a panel [5.5, 10] is already too wide for G10).  168, 210, 294, 378 and 420 nodes.
+_OUTER = (1.6, 2.8, 4.5, 6.5, 10.0)
+_RULES = (_make_rule(0.55, (2.0, 4.0, 6.5, 10.0)), _make_rule(1.0, (1.0, 2.2, 4.0, 6.5, 10.0)),
+          _make_rule(4.0, (0.3, 0.8, *_OUTER)), _make_rule(16.0, (0.08, 0.2, 0.45, 0.9, *_OUTER)),
+          _make_rule(64.0, (0.02, 0.05, 0.11, 0.22, 0.45, 0.9, 2.0, 4.0, 6.5, 10.0)))
+_FIXED_REACH = 10.0  # the rules stop at |t| = 10, phi(10) = 7.7e-23; beyond, the edge check and a tail bound
+_FEATURE_NODES = 8.0  # a feature must be at least 1/8 of the panel it lies in
+_SERIES_LARGEST_VARIANCE = 1e-2  # series.LARGEST_VARIANCE, without importing it on the one-q path
+_BLOCK_VALUES = 49152  # node values per block of the fixed rule (384 kB: measured best)
+_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _Layout(NamedTuple):
+    """What the fixed rule needs of an integrand, computed once: pieces at 0, breakpoints, features, signs."""
+
+    left: int  # the piece just left of z = 0
+    right: int  # the piece just right of z = 0
+    far_cut: float  # the smallest |breakpoint| other than 0 (inf if none)
+    centres: np.ndarray  # feature centres in z, the default feature included
+    widths: np.ndarray
+    signed: tuple[int, ...]  # indices of the h_j not known to be non-negative
+    features: tuple[tuple[float, float], ...]  # (centre, width) as Python floats, the default feature included
+
+
+def _layout(integrand) -> _Layout:
+    try:
+        return _KEYS[integrand]
+    except (KeyError, TypeError):
+        pass
+    cuts = np.asarray(integrand.breakpoints, dtype=float)
+    far = np.abs(cuts[cuts != 0.0])
+    features = [DEFAULT_FEATURE, *getattr(integrand, "features", ())]
+    found = _Layout(int(np.searchsorted(cuts, 0.0, "left")), int(np.searchsorted(cuts, 0.0, "right")),
+                    float(far.min()) if far.size else np.inf, np.array([float(c) for c, _ in features]),
+                    np.array([float(w) for _, w in features]),
+                    tuple(j for j, nonneg in enumerate(integrand.nonnegative) if not nonneg),
+                    tuple((float(c), float(w)) for c, w in features))
+    try:
+        _KEYS[integrand] = found
+    except TypeError:  # not weak-referenceable: recomputed each call
+        pass
+    return found
+
+
+def _fixed_rule(integrand: Integrand, q: np.ndarray, pieces, rtol, offset_total, offset_l1):
+    """The fixed rule (module docstring) over the given pieces; (total, error, l1, accepted), q where it applies.
+
+    total, error and l1 are (m, len(q)) and meaningful where ``accepted`` (len(q),) is true.
+    """
+    m = len(integrand.labels)
+    layout = _layout(integrand)
+    total = np.zeros((m, q.size))
+    error = np.zeros((m, q.size))
+    l1 = np.zeros((m, q.size))
+    accepted = np.zeros(q.size, dtype=bool)
+    halves = [(k, side) for k, side in ((layout.left, 0), (layout.right, 1)) if k in pieces]
+    if not halves:  # (the other pieces lie beyond 38.5 standard deviations wherever the rule applies)
+        return total, error, l1, accepted
+    s = np.sqrt(np.maximum(q, 0.0))  # a q <= 0 gets no rule here; the adaptive rounds say what is wrong
+    lower = 0.0
+    for rule in _RULES:
+        members = np.nonzero((s > lower) & (s <= rule.largest_s) & (layout.far_cut >= TAIL * s))[0]
+        lower = rule.largest_s
+        if not members.size:
+            continue
+        sm = s[members]
+        # every feature, centre +- width, spans at least 1/_FEATURE_NODES of each panel it touches (the widest are
+        # at its ends: the panels widen away from 0), or lies beyond the rule
+        centre, width = layout.centres[None, :] / sm[:, None], layout.widths[None, :] / sm[:, None]
+        widest = np.maximum(rule.half[_panel_of(rule, centre - width)], rule.half[_panel_of(rule, centre + width)])
+        seen = (width * _FEATURE_NODES >= 2 * widest) | (np.abs(centre) - width >= _FIXED_REACH)
+        members, sm = members[seen.all(axis=1)], sm[seen.all(axis=1)]
+        if not members.size:
+            continue
+        value, err, absolute = _apply_rule(integrand, rule, sm, halves, layout.signed)
+        whole_total = offset_total[:, members] + value
+        whole_l1 = offset_l1[:, members] + absolute
+        tol = np.maximum(rtol * np.abs(whole_total), 100 * _EPS * whole_l1)
+        good = np.all((err <= tol) & np.isfinite(value) & np.isfinite(err), axis=0)
+        total[:, members], error[:, members], l1[:, members] = value, err, absolute
+        accepted[members] = good
+    return total, error, l1, accepted
+
+
+def _panel_of(rule: _Rule, t):
+    """Index of the panel of ``rule`` holding t (the first or last panel for t beyond the rule)."""
+    return np.clip(np.searchsorted(rule.edges, t) - 1, 0, rule.half.size - 1)
+
+
+def _apply_rule(integrand: Integrand, rule: _Rule, s: np.ndarray, halves, signed):
+    """Value, error (QUADPACK per panel, rounding floor, tail) and E|h| of the rule for each s, every h_j.
+
+    The node values are formed in blocks of q small enough to stay in cache, q by q (each q's m integrands
+    and panels contiguous), and each block is reduced to per-panel sums (Kronrod, Kronrod - Gauss, spread,
+    |h phi| of the signed h_j) and per-q variation and edge; the per-panel error arithmetic then runs once.
+    The error is inf where the integrand has not decayed at the rule's end: those q go to the adaptive rounds.
+    """
+    m = len(integrand.labels)
+    n, nodes, panels = s.size, rule.t.size, rule.half.size
+    sums = np.empty((3, n, m, panels))  # unscaled panel sums: Kronrod, Kronrod - Gauss, spread
+    kronrod, difference, spread = sums
+    signed_abs = np.empty((n, len(signed), panels))
+    variation = np.empty((n, m))  # sum over panels of reach times the variation of h phi along the nodes
+    edge = np.empty((n, m))
+    block = max(1, _BLOCK_VALUES // (m * nodes))
+    g = np.zeros((min(block, n), m, nodes))
+    step_buffer = np.empty((g.shape[0], m, nodes - 1))
+    whole = len(halves) == 2 and halves[0][0] == halves[1][0]
+    with np.errstate(all="ignore"):  # a non-finite value sends its q to the adaptive rounds, which report it
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            gb = g[: hi - lo]
+            z = s[lo:hi, None] * rule.t
+            if whole:
+                for j, h in enumerate(integrand.numpy_pieces[halves[0][0]](z)):
+                    np.multiply(h, rule.phi, out=gb[:, j])
+            else:
+                for k, side in halves:
+                    part = slice(0, rule.right) if side == 0 else slice(rule.right, nodes)
+                    for j, h in enumerate(integrand.numpy_pieces[k](z[:, part])):
+                        np.multiply(h, rule.phi[part], out=gb[:, j, part])
+            # matrix-vector products straight into the outputs: one BLAS call each, faster than one product with
+            # several columns
+            rows = gb.reshape(-1, _XK.size)
+            np.matmul(rows, _WK, out=kronrod[lo:hi].reshape(-1))
+            np.matmul(rows, _WK_MINUS_WG, out=difference[lo:hi].reshape(-1))
+            for i, j in enumerate(signed):
+                signed_abs[lo:hi, i] = (np.abs(gb[:, j]).reshape(-1, _XK.size) @ _WK).reshape(hi - lo, panels)
+            # variation along the nodes, each step weighted by the reach of its panel (a step across a panel end
+            # by the larger): sum_p reach_p TV_p in one product
+            steps = np.subtract(gb[..., 1:], gb[..., :-1], out=step_buffer[: hi - lo])
+            np.abs(steps, out=steps)
+            np.matmul(steps, rule.step_reach, out=variation[lo:hi])
+            np.add(np.abs(gb[..., 0]), np.abs(gb[..., -1]), out=edge[lo:hi])
+            rows -= 0.5 * kronrod[lo:hi].reshape(-1, 1)
+            np.abs(rows, out=rows)
+            np.matmul(rows, _WK, out=spread[lo:hi].reshape(-1))
+        value, err, absolute, edge = _rule_error(sums, signed_abs, variation, edge, rule, signed)
+    err[edge > 1e-15 * absolute] = np.inf  # not decayed at |t| = 10: the adaptive rounds judge
+    return value.T, err.T, absolute.T
+
+
+def _rule_error(sums, signed_abs, variation, edge, rule: _Rule, signed):
+    """(value, error, E|h|, tail) from the unscaled per-panel sums of the fixed rule (panels on the last axis).
+
+    ``sums`` stacks the Kronrod, Kronrod - Gauss and spread sums, (3, ..., m, P); ``signed_abs`` holds the sums of
+    |h phi| of the signed h_j (..., len(signed), P), ``variation`` sum_p reach_p TV_p and ``edge`` |h phi| at the
+    two outermost nodes, (..., m).  Returns arrays (..., m).
+    """
+    # scaled by the half-widths, the difference also by 200: u = 200 |K21 - G10|
+    kronrod, u, spread = sums * (rule.scale3 if sums.ndim == 3 else rule.scale3[:, None])
+    ab = np.abs(kronrod)
+    if signed:
+        ab[..., list(signed), :] = signed_abs * rule.half
+    absolute = ab.sum(axis=-1)
+    value = kronrod.sum(axis=-1)
+    # QUADPACK's error, spread min(1, (200 |K - G| / spread)^1.5) as in the adaptive rounds, written
+    # min(spread, u sqrt(u / spread)) (a power with exponent 1.5 costs ten times a square root); fmin: a panel
+    # with no spread, where h phi is constant and K = G up to rounding, gets 0 and keeps the rounding floor
+    np.abs(u, out=u)
+    ratio = np.divide(u, spread)
+    np.sqrt(ratio, out=ratio)
+    ratio *= u
+    e = np.fmin(spread, ratio, out=ratio)
+    ab *= 50 * _EPS
+    err = np.fmax(ab, e, out=e).sum(axis=-1)
+    # the rounding floor of the adaptive rounds (eps |t| times the variation of h phi along the nodes), and the
+    # mass beyond |t| = 10, which the outermost nodes' |h phi| times the panel width bounds many times over
+    err += variation * (4 * _EPS)
+    edge = edge * rule.tail_width
+    err += edge
+    return value, err, absolute, edge
+
+
+def _no_exact_pieces(integrand) -> bool:
+    return all(terms is None for terms in integrand.exact_terms)
+
+
+def _one_q(integrand, q: float, rtol: float):
+    """The fixed rule for a single q with as few numpy calls as it needs: (value, error) each (m,), or None.
+
+    The same rule, estimate and acceptance test as :func:`_fixed_rule` for an integrand with no exact pieces;
+    None where :func:`_fixed_rule` would not accept this q (the caller then takes the array path).
+    """
+    if not 0 < q < math.inf:  # q <= 0, inf or nan: the array path says what is wrong
+        return None
+    layout = _layout(integrand)
+    s = math.sqrt(q)
+    if layout.far_cut < TAIL * s:
+        return None
+    for rule in _RULES:
+        if s <= rule.largest_s:
+            break
+    else:
+        return None
+    last = len(rule.edge_list) - 2
+    for centre, width in layout.features:  # the feature test of _fixed_rule, in Python
+        centre, width = centre / s, width / s
+        if abs(centre) - width < _FIXED_REACH:
+            ends = (min(max(bisect.bisect_left(rule.edge_list, centre + d) - 1, 0), last) for d in (-width, width))
+            if width * _FEATURE_NODES < 2 * max(rule.half_list[i] for i in ends):
+                return None
+    m = len(integrand.labels)
+    nodes, panels = rule.t.size, rule.half.size
+    g = np.empty((m, nodes))
+    z = rule.t * s
+    signed = layout.signed
+    with np.errstate(all="ignore"):
+        if layout.left == layout.right:
+            for j, h in enumerate(integrand.numpy_pieces[layout.left](z)):
+                np.multiply(h, rule.phi, out=g[j])
+        else:
+            for k, part in ((layout.left, slice(0, rule.right)), (layout.right, slice(rule.right, nodes))):
+                for j, h in enumerate(integrand.numpy_pieces[k](z[part])):
+                    np.multiply(h, rule.phi[part], out=g[j, part])
+        rows = g.reshape(-1, _XK.size)
+        sums = np.empty((3, m * panels))
+        np.matmul(_WK_AND_DIFFERENCE, rows.T, out=sums[:2])  # one call: at this size the call is the cost
+        signed_abs = None
+        if signed:
+            signed_abs = (np.abs(g[signed[0]] if len(signed) == 1 else g[list(signed)]).reshape(-1, _XK.size)
+                          @ _WK).reshape(-1, panels)
+        steps = np.subtract(g[:, 1:], g[:, :-1])
+        variation = np.abs(steps, out=steps) @ rule.step_reach
+        edge = np.abs(g[:, :: nodes - 1]).sum(axis=1)
+        rows -= 0.5 * sums[0][:, None]
+        np.matmul(np.abs(rows, out=rows), _WK, out=sums[2])
+        value, err, absolute, edge = _rule_error(sums.reshape(3, m, panels), signed_abs, variation, edge, rule,
+                                                 signed)
+    # the acceptance test of _fixed_rule on m numbers, in Python
+    for v, e, a, d in zip(value.tolist(), err.tolist(), absolute.tolist(), edge.tolist()):
+        if not (math.isfinite(v) and e <= max(rtol * abs(v), 100 * _EPS * a) and d <= 1e-15 * a):
+            return None
+    return value, err
 
 
 def _initial_panels(cuts: np.ndarray, s: np.ndarray, pieces, features=()):
@@ -191,7 +496,9 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL,
 
     The variances are taken ``Q_CHUNK`` at a time, so the working memory is that of one chunk whatever the
     number of q; every q has its own tolerance and its own panel budget, so its value and error do not depend
-    on the other q of the call.
+    on the other q of the call.  Each q is first tried with a fixed rule (module docstring), which answers most
+    q of a table in one pass; only the q it does not accept go through adaptive bisection.  A single q (a float
+    or a 0-d array) whose integrand has no exact pieces takes the same fixed rule without the array machinery.
 
     Where q is so small that the integrand is rounding noise (sigmoid's (f - 1/2)^2 at q = 1e-20) or its
     halves cancel (ELU's mean at q = 1e-40), E[h_j] comes from the Taylor series of h at 0
@@ -199,6 +506,13 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL,
     turns this off.
     """
     q = np.asarray(variance, dtype=float)
+    if q.size == 1 and _no_exact_pieces(integrand) and (not small_variance_series
+                                                        or q.flat[0] > _SERIES_LARGEST_VARIANCE):
+        found = _one_q(integrand, float(q.flat[0]), rtol)  # one q: no array machinery where the fixed rule applies
+        if found is not None:
+            if not q.shape:  # iterating the (m,) results gives numpy scalars, as reshape(())[()] would
+                return tuple(Estimate(v, e, "quadrature") for v, e in zip(*found))
+            return tuple(Estimate(v.reshape(q.shape), e.reshape(q.shape), "quadrature") for v, e in zip(*found))
     shape, flat = q.shape, q.ravel()
     value = np.empty((len(integrand.labels), flat.size))
     error = np.empty_like(value)
@@ -251,7 +565,7 @@ def _integrate_chunk(integrand: Integrand, q: np.ndarray, rtol: float,
     panels = [k for k in range(len(integrand.numpy_pieces)) if k not in exact]
     panel = [np.zeros((m, q.size)) for _ in range(3)]
     if panels:
-        panel = list(_adaptive(integrand, cuts, q, panels, rtol, exact_sum(0), exact_sum(2)))
+        panel = list(_fixed_then_adaptive(integrand, cuts, q, panels, rtol, exact_sum(0), exact_sum(2)))
 
     # 3. exact pieces that are untrusted or whose rounding exceeds their share of the tolerance: panels there.
     # The rest of the sum is formed from the other pieces, never as total - this piece: where this piece's
@@ -263,14 +577,26 @@ def _integrate_chunk(integrand: Integrand, q: np.ndarray, rtol: float,
         if redo.size:
             rest_total = (panel[0] + exact_sum(0, skip=k))[:, redo]
             rest_l1 = (panel[2] + exact_sum(2, skip=k))[:, redo]
-            value[:, redo], err[:, redo], absolute[:, redo] = _adaptive(integrand, cuts, q[redo], [k], rtol,
-                                                                       rest_total, rest_l1)
+            value[:, redo], err[:, redo], absolute[:, redo] = _fixed_then_adaptive(integrand, cuts, q[redo], [k],
+                                                                                  rtol, rest_total, rest_l1)
     total, error = panel[0] + exact_sum(0), panel[1] + exact_sum(1)
     if not np.all(np.isfinite(total)):
         j, i = (int(v[0]) for v in np.nonzero(~np.isfinite(total)))
         raise DivergenceError(f"E[{integrand.labels[j]}] at q = {q[i]:g} overflows double precision; the "
                               "expectation diverges or leaves the double range (method='high_precision' uses mpmath)")
     return total, error
+
+
+def _fixed_then_adaptive(integrand: Integrand, cuts, q, pieces, rtol, offset_total, offset_l1):
+    """(total, error, l1) over the given pieces: the fixed rule where it is accepted, adaptive rounds elsewhere."""
+    total, error, l1, accepted = _fixed_rule(integrand, q, pieces, rtol, offset_total, offset_l1)
+    rest = np.nonzero(~accepted)[0]
+    if rest.size == q.size:
+        return _adaptive(integrand, cuts, q, pieces, rtol, offset_total, offset_l1)
+    if rest.size:
+        total[:, rest], error[:, rest], l1[:, rest] = _adaptive(integrand, cuts, q[rest], pieces, rtol,
+                                                                offset_total[:, rest], offset_l1[:, rest])
+    return total, error, l1
 
 
 def _adaptive(integrand: Integrand, cuts, q, pieces, rtol, offset_total, offset_l1):

@@ -294,6 +294,24 @@ def integrate(integrand: Integrand, q: np.ndarray, rtol: float):
     found = expansion(integrand)
     if found is None:
         return None
+    # only the q where some h_j could pass the structural tests of _integrate (reach and rate against s) are worked
+    # on: on a grid to 1e3 that is a few q, often none (tanh's rate allows q <~ 4e-4); the rest are not usable
+    with np.errstate(invalid="ignore"):
+        s = np.sqrt(np.where(q > 0, q, 0.0))
+        candidates = (q > 0) & (q <= LARGEST_VARIANCE) & np.any(
+            (found.reach[:, None] >= REACH * s) & (found.rate[:, None] * s <= 1 / (2 * REACH)), axis=0)
+    if not candidates.any():
+        return None
+    if not candidates.all():
+        m = found.combined.shape[0]
+        value, error = np.zeros((m, q.size)), np.full((m, q.size), np.inf)
+        usable = np.zeros((m, q.size), dtype=bool)
+        value[:, candidates], error[:, candidates], usable[:, candidates] = _integrate(found, q[candidates], rtol)
+        return value, error, usable
+    return _integrate(found, q, rtol)
+
+
+def _integrate(found: Expansion, q: np.ndarray, rtol: float):
     n = np.arange(ORDER + 1)[:, None]
     with np.errstate(all="ignore"):
         s = np.sqrt(q)

@@ -1,0 +1,196 @@
+"""The fixed rule of the quadrature backend: accepted where it resolves the integrand, refused where it does not.
+
+quadrature.integrate first integrates every q with s = sqrt(q) <= 64 by a fixed composite K21/G10 rule in
+t = z/s and runs adaptive bisection only for the q whose error estimate fails or that the rule cannot resolve
+(docstring of gainderive.backends.quadrature).  Every value here is checked against a reference that shares no
+code with gainderive -- tests/data/references.json (40-digit mpmath, tools/make_references.py), the hand-derived
+closed forms of tests/closed_forms.py, or a Gaussian integral done by hand below -- within the error bar the
+backend reports plus 4 ulps of the moment's scale (the reference itself is exact to far more digits).
+"""
+
+import json
+import math
+import pathlib
+
+import mpmath as mp
+import numpy as np
+import pytest
+from closed_forms import closed_form
+
+import gainderive as gd
+from gainderive.backends import quadrature
+from gainderive.integrand import DF, F, integrand
+
+EPS = np.finfo(float).eps
+MOMENTS = ("mean", "second_moment", "derivative_second_moment")
+REFERENCES = json.loads((pathlib.Path(__file__).parent / "data" / "references.json").read_text())
+NAMES = sorted({r["name"] for r in REFERENCES})
+
+
+def _integrand(name: str):
+    """E[f], E[f^2], E[f'^2] of a registry activation (default parameters) or a formula."""
+    return integrand(gd.activation(name), {"mean": F, "second_moment": F**2, "derivative_second_moment": DF**2})
+
+
+def _defaults(name: str) -> dict[str, dict]:
+    """q -> record of references.json at the registry's default parameters (written first for each name)."""
+    out: dict[str, dict] = {}
+    for record in REFERENCES:
+        if record["name"] == name and record["q"] not in out:
+            out[record["q"]] = record
+    return out
+
+
+def _assert_within_bars(estimates, references, context) -> None:
+    """|value - reference| <= error + 4 ulps of the scale: sqrt(E f^2) for the mean (which can vanish), else |E|."""
+    second = [float(v) for v in references["second_moment"]]
+    for label, est in zip(MOMENTS, estimates):
+        value, error = np.atleast_1d(est.value), np.atleast_1d(est.error)
+        for i, want in enumerate(references[label]):
+            want = float(want)
+            scale = math.sqrt(second[i]) if label == "mean" else abs(want)
+            assert abs(value[i] - want) <= error[i] + 4 * EPS * scale, (context, label, i, value[i], want, error[i])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_registry_within_bars_of_40_digit_references(name):
+    # all 9 q of references.json (1e-3 .. 1e3) in one call: the fixed rule takes those it resolves, the rest refine
+    records = _defaults(name)
+    keys = sorted(records, key=float)
+    q = np.array([float(k) for k in keys])
+    estimates = quadrature.integrate(_integrand(name), q)
+    references = {label: [mp.mpf(records[k][label]) for k in keys] for label in MOMENTS}
+    _assert_within_bars(estimates, references, name)
+
+
+@pytest.mark.parametrize("name", ["tanh", "silu", "mish", "softplus", "sigmoid"])
+def test_fixed_rule_is_what_answers_on_a_grid(name):
+    # the point of the rule: at the q of a table (1e-3 .. 1e3) it meets 1e-13 by itself for these activations, so
+    # no adaptive round runs; measured when the rule was chosen (gelu, gelu_tanh, softsign and erf refine at some
+    # q, 2-25 % of them, and are left out)
+    ig = _integrand(name)
+    q = np.geomspace(1e-3, 1e3, 301)
+    zero = np.zeros((3, q.size))
+    pieces = range(len(ig.numpy_pieces))
+    accepted = quadrature._fixed_rule(ig, q, pieces, quadrature.DEFAULT_RTOL, zero, zero)[3]
+    assert accepted.all(), q[~accepted][:5]
+
+
+@pytest.mark.parametrize("name", ["sin", "erf"])
+def test_dense_grid_against_hand_closed_forms(name):
+    # sin: E sin^2 = (1 - e^{-2q})/2, E cos^2 = (1 + e^{-2q})/2; erf: Williams 1997 (tests/closed_forms.py).
+    # 1e-6 .. 1e4 at 12 points per decade crosses every fixed rule and its boundaries; sin oscillates ~s times in
+    # the Gaussian's range, which the fixed panels resolve only at small q: beyond, its q must refine (next test)
+    q = np.geomspace(1e-6, 1e4, 121)
+    estimates = quadrature.integrate(_integrand(name), q)
+    with mp.workdps(30):
+        exact = [closed_form(name, mp.mpf(float(v))) for v in q]
+    references = {label: [e[j] for e in exact] for j, label in enumerate(MOMENTS)}
+    _assert_within_bars(estimates, references, name)
+
+
+def test_sin_at_large_q_is_refused_by_the_fixed_rule_and_refined():
+    # s = 30: sin(s t) goes through ~100 periods over the rule's |t| < 10, 5 or more per panel -- the K21/G10
+    # estimate must see that (it does, by many orders) and hand the q to the adaptive rounds
+    ig = _integrand("sin")
+    q = np.array([900.0, 1000.0, 3000.0])
+    zero = np.zeros((3, q.size))
+    accepted = quadrature._fixed_rule(ig, q, [0], quadrature.DEFAULT_RTOL, zero, zero)[3]
+    assert not accepted.any()
+    estimates = quadrature.integrate(ig, q)
+    with mp.workdps(30):
+        exact = [closed_form("sin", mp.mpf(float(v))) for v in q]
+    _assert_within_bars(estimates, {label: [e[j] for e in exact] for j, label in enumerate(MOMENTS)}, "sin")
+
+
+def _bump_moments(q: float, a: float, c: float):
+    """E[f], E[f^2] for f(z) = z e^{-a (z - c)^2}, z ~ N(0, q): Gaussian integrals by hand, at 40 digits.
+
+    With A = k a + 1/(2q) and B = 2 k a c, int z^n e^{-k a (z - c)^2} e^{-z^2/(2q)} dz = e^{-k a c^2 + B^2/(4A)}
+    sqrt(pi/A) times (B/(2A)) for n = 1 and (1/(2A) + B^2/(4A^2)) for n = 2; divided by sqrt(2 pi q).
+    """
+    with mp.workdps(40):
+        q, a, c = mp.mpf(q), mp.mpf(a), mp.mpf(c)
+        out = []
+        for k, n in ((1, 1), (2, 2)):
+            big_a, big_b = k * a + 1 / (2 * q), 2 * k * a * c
+            common = mp.exp(-k * a * c * c + big_b**2 / (4 * big_a)) * mp.sqrt(mp.pi / big_a) / mp.sqrt(2 * mp.pi * q)
+            out.append(common * (big_b / (2 * big_a) if n == 1 else 1 / (2 * big_a) + big_b**2 / (4 * big_a**2)))
+        return out
+
+
+def test_a_narrow_bump_is_refused_by_the_fixed_rule_and_refined():
+    # z e^{-1e4 (z - 0.5)^2): a bump of width 0.01 at z = 0.5, far narrower than the fixed panels at these q.
+    # Every node of the rule could miss it; the feature gate must send the q to the adaptive rounds, whose
+    # feature cuts resolve it
+    ig = integrand(gd.activation("x*exp(-10000*(x - 0.5)**2)"), {"mean": F, "second_moment": F**2})
+    q = np.array([0.3, 1.0, 5.0])
+    zero = np.zeros((2, q.size))
+    accepted = quadrature._fixed_rule(ig, q, [0], quadrature.DEFAULT_RTOL, zero, zero)[3]
+    assert not accepted.any()
+    mean, second = quadrature.integrate(ig, q)
+    for i, v in enumerate(q):
+        want_mean, want_second = (float(x) for x in _bump_moments(v, 1e4, 0.5))
+        assert abs(mean.value[i] - want_mean) <= mean.error[i] + 4 * EPS * math.sqrt(want_second)
+        assert abs(second.value[i] - want_second) <= second.error[i] + 4 * EPS * want_second
+
+
+def test_a_kink_away_from_zero_is_left_to_the_adaptive_rounds():
+    # f = tanh(z) |z - 1| has a kink at z = 1, which no fixed panel end matches: the rule may answer only where
+    # the kink lies beyond 38.5 standard deviations (q = 1e-4), never at q = 1e-3 .. 10.  References: mpmath.quad
+    # at 30 digits split at the kink (f' jumps there), by hand: f' = sech^2(z) |z - 1| + tanh(z) sign(z - 1)
+    ig = integrand(gd.activation("tanh(x)*abs(x - 1)"),
+                   {"mean": F, "second_moment": F**2, "derivative_second_moment": DF**2})
+    q = np.array([1e-4, 1e-3, 0.5, 10.0])
+    zero = np.zeros((3, q.size))
+    accepted = quadrature._fixed_rule(ig, q, [0, 1], quadrature.DEFAULT_RTOL, zero, zero)[3]
+    assert accepted.tolist() == [True, False, False, False]
+    estimates = quadrature.integrate(ig, q)
+    functions = (lambda x: mp.tanh(x) * abs(x - 1), lambda x: (mp.tanh(x) * abs(x - 1)) ** 2,
+                 lambda x: (mp.sech(x) ** 2 * abs(x - 1) + mp.tanh(x) * mp.sign(x - 1)) ** 2)
+    with mp.workdps(30):
+        references = {label: [mp.quad(lambda x, f=f, v=v: f(x) * mp.npdf(x, 0, mp.sqrt(v)), [-mp.inf, 0, 1, mp.inf])
+                              for v in q] for label, f in zip(MOMENTS, functions)}
+    _assert_within_bars(estimates, references, "tanh(x)*abs(x - 1)")
+
+
+@pytest.mark.parametrize("name", ["tanh", "sin", "softsign", "gelu"])
+def test_a_q_does_not_depend_on_the_other_q_of_the_call(name):
+    # the same q alone, in a batch of fixed-rule q, and in a batch with q that refine (sin at 1e3, q = 1e6 beyond
+    # every rule): the same value within both bars.  Never bitwise: BLAS may block a product differently by size
+    ig = _integrand(name)
+    batch = np.array([1e-3, 0.3, 0.7, 2.0, 50.0, 1e3, 1e6])
+    together = quadrature.integrate(ig, batch)
+    for i, v in enumerate(batch):
+        alone = quadrature.integrate(ig, np.array([v]))
+        for a, b in zip(alone, together):
+            assert abs(a.value[0] - b.value[i]) <= a.error[0] + b.error[i] + 4 * EPS * abs(b.value[i]), (name, v)
+
+
+@pytest.mark.parametrize("name", ["tanh", "silu", "mish", "softsign", "sin", "gelu", "elu", "hardtanh"])
+def test_scalar_path_equals_array_path_within_bars(name):
+    # one q (a float or a 0-d array) takes a path without the array machinery where the fixed rule applies; it
+    # must agree with the same q inside an array, and return 0-d values
+    ig = _integrand(name)
+    q = np.array([1e-4, 0.2, 0.55, 0.56, 1.0, 3.9, 17.0, 1000.0, 5000.0])
+    many = quadrature.integrate(ig, q)
+    for i, v in enumerate(q):
+        for one in (quadrature.integrate(ig, float(v)), quadrature.integrate(ig, np.array(v))):
+            for a, b in zip(one, many):
+                assert np.ndim(a.value) == 0 and np.ndim(a.error) == 0
+                assert abs(a.value - b.value[i]) <= a.error + b.error[i] + 4 * EPS * abs(b.value[i]), (name, v)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n in NAMES if n != "sin"])
+def test_registry_at_extreme_q_against_mpmath(name):
+    # q = 1e-8 (series or fixed rule) and 1e8 (beyond every fixed rule: adaptive): references computed here by
+    # the hand-written activations of tests/reference_activations.py with mpmath.quad at 20 digits (~0.2 s each).
+    # sin is left out: at q = 1e8 it oscillates ~1e5 times in the Gaussian's range, beyond double quadrature and
+    # beyond this reference's patience; its closed form covers it on the dense grid above
+    from reference_activations import reference_moments
+
+    q = ["1e-8", "1e8"]
+    refs = [reference_moments(name, v, dps=20) for v in q]
+    estimates = quadrature.integrate(_integrand(name), np.array([float(v) for v in q]))
+    _assert_within_bars(estimates, {label: [r[label] for r in refs] for label in MOMENTS}, name)
