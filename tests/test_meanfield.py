@@ -427,8 +427,8 @@ def test_critical_line_equals_one_point_solves():
         assert abs(alone.weight_variance - p.weight_variance) <= 1e-13 * p.weight_variance
 
 
-def test_critical_line_costs_a_handful_of_array_moment_calls(monkeypatch):
-    """All sigma_b^2 advance together: one scan and a few rounds, whatever the number of sigma_b^2."""
+def _count_quadrature_calls(monkeypatch) -> list[int]:
+    """The number of q of every quadrature call from here on, in order."""
     from gainderive.backends import quadrature
 
     calls = []
@@ -439,6 +439,12 @@ def test_critical_line_costs_a_handful_of_array_moment_calls(monkeypatch):
         return integrate(integrand, variance, **options)
 
     monkeypatch.setattr(quadrature, "integrate", counted)
+    return calls
+
+
+def test_critical_line_costs_a_handful_of_array_moment_calls(monkeypatch):
+    """All sigma_b^2 advance together: one scan and a few rounds, whatever the number of sigma_b^2."""
+    calls = _count_quadrature_calls(monkeypatch)
     bias = np.linspace(0, 0.5, 42)[1:]
     line = mf.critical_line("tanh", bias)
     assert len(line) == 41
@@ -494,16 +500,7 @@ def test_fixed_points_refines_every_bracket_together():
 
 
 def test_fixed_point_costs_a_handful_of_array_moment_calls(monkeypatch):
-    from gainderive.backends import quadrature
-
-    calls = []
-    integrate = quadrature.integrate
-
-    def counted(integrand, variance, **options):
-        calls.append(np.size(variance))
-        return integrate(integrand, variance, **options)
-
-    monkeypatch.setattr(quadrature, "integrate", counted)
+    calls = _count_quadrature_calls(monkeypatch)
     mf.fixed_point("elu", 1.5, 0.05)
     # the scan, then Newton rounds from the scan's cubic (~1e-5 off): 1e-10, then below 1e-15
     assert calls[0] == mf._SCAN and 1 <= len(calls) - 1 <= 4, calls
