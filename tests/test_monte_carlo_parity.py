@@ -179,10 +179,15 @@ def test_every_registry_activation_within_five_standard_errors(name, q):
 
 @pytest.mark.parametrize("name", ["tanh", "erf", "sin", "softsign", "hardtanh", "identity"])
 def test_odd_activations_have_an_exactly_zero_mean(name):
-    # (f(z) + f(-z))/2 = 0 for every pair, found from the program (tanh, erf, sin, identity) or because the
-    # pieces on the two sides are each other's reflection (softsign, hardtanh: the sums cancel in floating point)
+    # (f(z) + f(-z))/2 = 0 for every pair, found from the program (tanh, erf, sin, identity: exactly 0 +- 0) or
+    # because the pieces on the two sides are each other's reflection (softsign, hardtanh: the sums cancel in
+    # floating point, but no parity is proven, so the bar keeps its rounding floor of 8 eps E|f| <= 8 eps)
     m = gd.moments(name, 1.3, method="monte_carlo", samples=2**15, seed=0)
-    assert m.mean.value == 0.0 and m.mean.error == 0.0
+    assert m.mean.value == 0.0
+    if name in ("softsign", "hardtanh"):
+        assert 0 < m.mean.error <= 8.5 * np.finfo(float).eps  # |f| <= 1; the weights sum to 1 + ulps
+    else:
+        assert m.mean.error == 0.0
 
 
 @pytest.mark.parametrize("samples", [200, 1000, 5000, 50_000])
