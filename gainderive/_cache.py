@@ -4,7 +4,8 @@ Importing sympy costs about a third of a second, more than everything else
 ``gainderive derive relu`` does.  Everything the symbolic layer produces for an
 activation (breakpoints, feature points, exact exponential-polynomial terms, the
 straight-line programs of each piece, the centre f(0), the verified closed forms
-with their programs and the q-ranges where each replaces quadrature) is a
+with their programs, the q-ranges where each replaces quadrature and the small-q series of those that cancel
+at small q) is a
 deterministic function of the formula, its parameters, the symbolic budgets and
 the code, so it is stored as data (JSON: numbers, strings and the programs'
 operation lists, never pickle or code) and loaded without sympy.
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._version import __version__
-from .closed_form import ClosedForm, Verdict
+from .closed_form import ClosedForm, SmallQSeries, Verdict
 from .evaluate import Program
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ __all__ = ["CACHE_FILE", "FORMAT", "MAX_ENTRY_BYTES", "CompiledIntegrand", "buil
 
 CACHE_FILE = Path(__file__).with_name("registry_cache.json")
 #: Version of the entry format: part of every disk key, so an entry of another format is never read.
-FORMAT = 2
+FORMAT = 3
 #: Largest disk entry written (a formula with hundreds of pieces is recompiled rather than stored).
 MAX_ENTRY_BYTES = 1 << 20
 _MOMENTS = ("mean", "second_moment", "derivative_second_moment", "variance")
@@ -89,14 +90,17 @@ def integrand_entry(ig, centre) -> dict[str, Any]:
     }
 
 
-def closed_entry(forms: dict, programs: dict, ranges: dict) -> dict[str, Any]:
-    """{moment: None or {text, latex, whole, terms, ranges}}: each verified form, its programs, where it is used."""
+def closed_entry(forms: dict, programs: dict, ranges: dict, series: dict | None = None) -> dict[str, Any]:
+    """{moment: None or {text, latex, whole, terms, ranges, series}}: each verified form, its programs, where it is
+    used, and its small-q series (None if it has none; else coefficients as a list of floats, in_q, q_max, tail)."""
     out = {}
     for moment in _MOMENTS:
         form, program = forms.get(moment), programs.get(moment)
+        found = (series or {}).get(moment)
         out[moment] = None if form is None or program is None else {
             "text": form.text, "latex": form.latex, "whole": program[0].to_ops(), "terms": program[1].to_ops(),
-            "ranges": [list(span) for span in ranges.get(moment, ())]}
+            "ranges": [list(span) for span in ranges.get(moment, ())],
+            "series": None if found is None else found.to_data()}
     return out
 
 
@@ -111,22 +115,24 @@ def load_integrand(entry: dict[str, Any]) -> CompiledIntegrand:
                              exact, programs, features, entry.get("taylor"))
 
 
-def load_closed(stored_forms: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """(forms, programs, ranges) from :func:`closed_entry`'s data."""
-    forms, programs, ranges = {}, {}, {}
+def load_closed(stored_forms: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
+    """(forms, programs, ranges, series) from :func:`closed_entry`'s data."""
+    forms, programs, ranges, series = {}, {}, {}, {}
     for moment, stored in stored_forms.items():
+        if stored is not None and stored.get("series") is not None:
+            series[moment] = SmallQSeries.from_data(stored["series"])
         forms[moment] = None if stored is None else ClosedForm(moment, stored["text"], stored["latex"])
         programs[moment] = None if stored is None else tuple(
             Program.from_ops(stored[part]["ops"], stored[part]["outputs"]) for part in ("whole", "terms"))
         ranges[moment] = () if stored is None else tuple((float(lo), float(hi)) for lo, hi in stored["ranges"])
-    return forms, programs, ranges
+    return forms, programs, ranges, series
 
 
 def build() -> dict[str, Any]:
     """The registry cache's contents, computed from the registry through the symbolic layer (imports sympy)."""
     from .integrand import integrand
     from .registry import REGISTRY, activation
-    from .verify import decide_ranges, moment_functions, programs, verified_forms
+    from .verify import decide_ranges, moment_functions, programs, small_q_series, verified_forms
 
     entries = {}
     for name in REGISTRY:
@@ -136,7 +142,7 @@ def build() -> dict[str, Any]:
         compiled = {moment: programs(act, moment) for moment in _MOMENTS}
         ranges = {moment: decide_ranges(*compiled[moment], preferred=False) for moment in _MOMENTS
                   if compiled[moment] is not None}
-        entries[name] = {"closed_forms": closed_entry(forms, compiled, ranges),
+        entries[name] = {"closed_forms": closed_entry(forms, compiled, ranges, small_q_series(act, ranges)),
                          **integrand_entry(integrand(act, functions), c)}
     aliases = {alias: act.name for act in REGISTRY.values() for alias in act.aliases}
     return {"version": __version__, "aliases": aliases, "activations": entries}

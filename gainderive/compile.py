@@ -4,8 +4,9 @@
 activation: its float64 integrand (pieces, cuts and numeric programs of the four moment integrands), the centre
 c = f(0), the divergence verdicts (:mod:`gainderive.singular`) and the :class:`Compiled` entry it came from, whose
 closed part (:class:`ClosedPart`) holds the verified closed forms, their compiled programs, which of them are
-preferred over quadrature, and the q-ranges where each answers instead of quadrature (decided once, at
-verification, by :func:`gainderive.verify.decide_ranges`).
+preferred over quadrature, the q-ranges where each answers instead of quadrature (decided once, at
+verification, by :func:`gainderive.verify.decide_ranges`) and, where a form cancels at small q, its small-q series
+(:func:`gainderive.verify.small_q_series`).
 
 Compiled activations are kept in memory (an LRU keyed by the normalised formula, the exact parameter values and
 the symbolic budgets in force, so a registry name, the same formula typed as a string and an equal
@@ -68,6 +69,9 @@ class ClosedPart(NamedTuple):
     preferred: frozenset  # moments whose form won arbitration against quadrature
     ranges: Mapping[str, tuple]  # moment -> ((lo, hi), ...): the q where the form answers instead of quadrature
     notes: Mapping[str, str] = MappingProxyType({})  # moment -> why a form was rejected, preferred or skipped
+    # moment -> SmallQSeries: the form's Taylor polynomial in sqrt(q), answering for q <= its q_max (where the form
+    # cancels); decided at verification (gainderive.verify.small_q_series)
+    series: Mapping[str, Any] = MappingProxyType({})
 
 
 class Compiled:
@@ -358,9 +362,9 @@ def _derive_closed_part(act: Activation) -> ClosedPart:
     """
     cached = act.__dict__.get("_closed_forms")  # set by the registry cache: no sympy needed
     if cached is not None:
-        forms, programs, ranges = cached
-        return ClosedPart(forms, programs, frozenset(), ranges)
-    from .verify import decide_ranges, verdicts
+        forms, programs, ranges, series = cached
+        return ClosedPart(forms, programs, frozenset(), ranges, series=MappingProxyType(series))
+    from .verify import decide_ranges, small_q_series, verdicts
     from .verify import programs as compile_form
 
     found = verdicts(act)
@@ -370,7 +374,8 @@ def _derive_closed_part(act: Activation) -> ClosedPart:
     ranges = {name: decide_ranges(*programs[name], preferred=name in preferred) for name in MOMENTS
               if programs[name] is not None}
     notes = {name: v.reason for name, v in found.items() if v.status in ("rejected", "preferred", "skipped")}
-    return ClosedPart(forms, programs, preferred, ranges, MappingProxyType(notes))
+    series = small_q_series(act, ranges)
+    return ClosedPart(forms, programs, preferred, ranges, MappingProxyType(notes), MappingProxyType(series))
 
 
 def closed_form_notes(act: Activation) -> dict[str, str]:
@@ -420,7 +425,7 @@ def _disk_prepared(spec: str, params: Mapping[str, Any]) -> Prepared | None:
     try:
         act = load_activation(stored["activation"])
         ig = load_integrand(stored["integrand"])
-        forms, programs, ranges = load_closed(stored["closed_forms"])
+        forms, programs, ranges, series = load_closed(stored["closed_forms"])
         preferred = frozenset(stored["preferred"])
         notes = {str(k): str(v) for k, v in stored["notes"].items()}
         centre = float(stored["integrand"]["centre"])
@@ -433,7 +438,8 @@ def _disk_prepared(spec: str, params: Mapping[str, Any]) -> Prepared | None:
         if entry.float_part is None:
             entry.float_part = part
         if entry.closed is None:
-            entry.closed = ClosedPart(forms, programs, preferred, ranges, MappingProxyType(notes))
+            entry.closed = ClosedPart(forms, programs, preferred, ranges, MappingProxyType(notes),
+                                      MappingProxyType(series))
         part = entry.float_part
     return Prepared(act, *part, entry)
 
@@ -453,7 +459,7 @@ def _store(entry: Compiled, prepared: Prepared) -> None:
     data = {
         "activation": stored_act,
         "integrand": integrand_entry(ig, centre),
-        "closed_forms": closed_entry(closed.forms, closed.programs, closed.ranges),
+        "closed_forms": closed_entry(closed.forms, closed.programs, closed.ranges, closed.series),
         "preferred": sorted(closed.preferred),
         "notes": dict(closed.notes),
     }

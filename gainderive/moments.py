@@ -364,7 +364,82 @@ def _evaluated(closed: ClosedPart, q: Any) -> dict[str, tuple[np.ndarray, np.nda
     names = [name for name, program in closed.programs.items() if program is not None]
     if not names:
         return {}
-    return dict(zip(names, evaluate_many([closed.programs[name] for name in names], q)))
+    series = closed.series
+    if series and np.ndim(q) == 1 and all(name in series for name in names):
+        # below the shortest series' q_max Horner's rule answers every moment: the forms run only above it
+        cut = min(series[name].q_max for name in names)
+        above = q > cut
+        if not above.all():
+            return _series_below(closed, names, q, above)
+    evaluated = dict(zip(names, evaluate_many([closed.programs[name] for name in names], q)))
+    for name, found in series.items():
+        if name in evaluated:
+            evaluated[name] = _with_series(found, q, *evaluated[name])
+    return evaluated
+
+
+def _series_below(closed: ClosedPart, names: list, q: np.ndarray, above: np.ndarray) -> dict:
+    """:func:`_evaluated` with the forms evaluated only at q[above] (q above the shortest series' q_max), and
+    every moment's series at the q below it (and at those above it up to its own q_max)."""
+    from .closed_form import evaluate_many, evaluate_series
+
+    count = q.size - int(np.count_nonzero(above))
+    if not above[:count].any():  # an increasing grid: the q below the cut come first, indexed by slices
+        low, at = slice(0, count), slice(count, q.size)
+    else:
+        low, at = np.flatnonzero(~above), np.flatnonzero(above)
+    found = evaluate_many([closed.programs[name] for name in names], q[at]) if q[at].size else None
+    q_low = q[low]
+    s_low = np.sqrt(q_low)
+    cut = np.max(q_low)
+    out = {}
+    for i, name in enumerate(names):
+        series = closed.series[name]
+        value, error = np.empty(q.shape), np.empty(q.shape)
+        value[low], error[low] = evaluate_series(series, q_low, q_low if series.in_q else s_low)
+        if found is not None:
+            value[at], error[at] = found[i]
+            if series.q_max <= cut:
+                extra = slice(0, 0)
+            elif isinstance(at, slice):  # an increasing grid: the q up to q_max are the slice's first ones
+                extra = slice(at.start, at.start + int(np.searchsorted(q[at], series.q_max, side="right")))
+            else:
+                extra = np.flatnonzero(above & (q <= series.q_max))
+            if q[extra].size:  # above the cut but within this series' own range: the series still answers
+                value[extra], error[extra] = evaluate_series(series, q[extra])
+        out[name] = (value, error)
+    return out
+
+
+def _with_series(series: Any, q: Any, value: Any, error: Any) -> tuple[Any, Any]:
+    """(value, error) of a form with its small-q series answering at q <= series.q_max (where the form cancels).
+
+    :func:`gainderive.closed_form.evaluate_series`: Horner's rule in sqrt(q) (or q), with the truncation, Horner
+    and coefficient rounding in the bar.
+    """
+    from .closed_form import evaluate_series
+
+    if np.ndim(value) == 0:
+        qf = float(q)
+        if not 0.0 <= qf <= series.q_max:
+            return value, error
+        found = evaluate_series(series, qf)
+        return np.float64(found[0]), np.float64(found[1])
+    below = q <= series.q_max
+    if not below.any():
+        return value, error
+    value, error = np.array(value, dtype=float), np.array(error, dtype=float)
+    if below.all():
+        return evaluate_series(series, q)
+    value[below], error[below] = evaluate_series(series, q[below])
+    return value, error
+
+
+def _spans(closed: ClosedPart, name: str) -> tuple:
+    """The q-ranges where ``name`` answers without quadrature: its form's, and (0, q_max] of its small-q series."""
+    spans = closed.ranges.get(name, ())
+    series = closed.series.get(name)
+    return spans if series is None else ((0.0, series.q_max), *spans)
 
 
 def _covered(value: Any, error: Any, q: Any, spans: tuple, preferred: bool, rtol: float) -> Any:
@@ -412,13 +487,13 @@ def _closed_forms_first(prepared: Prepared, q: Any, rtol: float, options: dict) 
     closed = _closed_part(prepared)
     evaluated = _evaluated(closed, q)
     scalar = type(q) is np.float64  # check_variance returns one q as a float64, several as an array
-    ranges, preferred = closed.ranges, closed.preferred
+    preferred = closed.preferred
     if scalar:
-        covered = {name: _covered_scalar(*evaluated[name], q, ranges.get(name, ()), name in preferred, rtol)
+        covered = {name: _covered_scalar(*evaluated[name], q, _spans(closed, name), name in preferred, rtol)
                    for name in evaluated}
         every = all(covered.values())
     else:
-        covered = {name: _covered(*evaluated[name], q, ranges.get(name, ()), name in preferred, rtol)
+        covered = {name: _covered(*evaluated[name], q, _spans(closed, name), name in preferred, rtol)
                    for name in evaluated}
         every = all(np.all(c) for c in covered.values())
     if every and len(covered) == len(MOMENTS):

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .activation import Activation
 
 __all__ = ["RANGE_RTOL", "VERIFY_Q", "VERIFY_RTOL", "closed_forms", "decide_ranges", "moment_functions", "programs",
-           "verdicts", "verified_forms"]
+           "small_q_series", "verdicts", "verified_forms"]
 
 VERIFY_Q = (1e-3, 0.1, 1.0, 10.0, 1e3)
 VERIFY_RTOL = 1e-12
@@ -396,3 +396,210 @@ def closed_forms(activation: str | Activation, **params: Any) -> dict[str, Close
     from .registry import activation as make_activation
 
     return verified_forms(make_activation(activation, **params))
+
+
+
+# -- small-q series: where a form cancels (ELU's mean ~ q/4 from terms of size sqrt(q)) -------------------------------
+#: The highest power of sqrt(q) whose coefficient is derived exactly; those above the truncation order bound the tail.
+SERIES_TERMS = 48
+#: The terms derived first (orders up to 20); :data:`SERIES_TERMS` only when those do not reach the form's range.
+SERIES_TERMS_FIRST = 24
+#: Truncation orders tried (powers of sqrt(q)), lowest first: the lowest that closes the gap below the form's
+#: range is kept (each order costs a multiply-add per q).
+SERIES_ORDERS = (8, 12, 16, 20, 24, 28, 32, 36, 40)
+#: The truncation bound a series may leave, relative to |value|: below the rounding of the forms themselves, so
+#: that a series is as accurate as the form it replaces (its whole bar is within RANGE_RTOL).
+SERIES_TRUNCATION_RTOL = 1e-16
+#: The q at which a series' range is decided (the grid of :func:`decide_ranges` from 1e-30 to 10).
+_SERIES_GRID = RANGE_GRID[(RANGE_GRID >= 1e-30) & (RANGE_GRID <= 10.0)]
+
+
+def small_q_series(act: Activation, ranges: dict) -> dict:
+    r"""{moment: :class:`~gainderive.closed_form.SmallQSeries`} for each verified form that needs one.
+
+    A form needs one where its own error bar leaves the smallest q to quadrature (its first decided range,
+    ``ranges[moment]``, starts above the bottom of the double range): ELU, CELU and SELU cancel there (GELU's
+    second moment below 1e-205); once one has a series, the activation's other forms get one reaching as far, so
+    that below it Horner's rule answers every moment and the forms need not be evaluated there.  The form
+    (its stable rewrite, with ScaledPhi(0, b) = erfcx(-b/sqrt 2)/2 expanded by that series) is expanded exactly in
+    s = sqrt(q) to :data:`SERIES_TERMS` (:func:`_series_coefficients`); the truncation order and q_max are
+    chosen (:func:`_fit_series`) so that the bar of :func:`~gainderive.closed_form.evaluate_series` is within
+    :data:`RANGE_RTOL` |value| on the grid up to q_max; and the series is checked against the form at 40+ digits
+    at six q up to q_max (:func:`_check_series`).  A form whose series cannot be derived within the symbolic time
+    budget (``closed_form_seconds``), or fails the check, has none: quadrature answers there as before.
+    """
+    import warnings
+
+    from sympy.core.function import PoleError
+
+    from .budget import Budget, SymbolicBudgetError
+    from .gaussian_rules import stable
+
+    budget = Budget(f"small-q series of {act.name} skipped", "closed_form_seconds")
+    out = {}
+    values = _values(act)
+    forms = {moment: form for moment, form in verified_forms(act).items() if form is not None}
+    needed = [moment for moment in forms if not (ranges.get(moment) and ranges[moment][0][0] <= RANGE_GRID[0])]
+    # the forms that need no series get one too once some form has one, reaching as far as the shortest: below it
+    # every moment is then answered by Horner's rule alone, and the forms are evaluated only above it
+    rest = [moment for moment in forms if moment not in needed] if needed else []
+    for moment in (*needed, *rest):
+        spans = ranges.get(moment, ())
+        if moment in needed:
+            target = spans[0][0] if spans else math.inf
+        elif out:
+            target = min(series.q_max for series in out.values())
+        else:
+            break
+        series = None
+        try:
+            expr = stable(forms[moment].expression.subs(values))
+            for terms in (SERIES_TERMS_FIRST, SERIES_TERMS):  # few terms first: the expansion costs ~terms^2
+                budget.check(moment)
+                coefficients = _series_coefficients(expr, terms, budget)
+                if coefficients is None:
+                    break
+                found = _fit_series(coefficients, target)
+                if found is not None and (series is None or found.q_max > series.q_max):
+                    series = found
+                if series is not None and series.q_max >= target:
+                    break
+        except SymbolicBudgetError:
+            break
+        except (ArithmeticError, ValueError, TypeError, NotImplementedError, AttributeError, GainDeriveError,
+                PoleError):  # sympy found no power series in sqrt(q)
+            continue
+        if series is None:
+            continue
+        problem = _check_series(series, forms[moment], values)
+        if problem:
+            warnings.warn(f"small-q series of {moment} for {act.name} dropped: {problem}", stacklevel=2)
+            continue
+        out[moment] = series
+    return out
+
+
+def _series_coefficients(expr, terms: int, budget) -> list | None:
+    """The exact coefficients c_0..c_terms of the form ``expr`` (in q) as a power series in s = sqrt(q).
+
+    ScaledPhi(0, beta s) = erfcx(-beta s/sqrt 2)/2 = (1/2) sum_k (beta s/sqrt 2)^k / Gamma(k/2 + 1) (Abramowitz
+    and Stegun 7.1.5 times e^{x^2}), so the ELU family becomes a polynomial in s and the cancelling terms cancel
+    in exact arithmetic.  Any other form (GELU's asin, sqrt(1 + q)) goes through ``sympy.series``; None when the
+    form is not a power series in s (a ScaledPhi with another argument).
+    """
+    import sympy as sp
+
+    from .closed_form import Q
+    from .functions import Phi
+    from .gaussian_rules import ScaledPhi
+
+    s = sp.Symbol("s", positive=True)
+    expr = expr.subs(Q, s**2)
+    replacements = {}
+    for scaled in expr.atoms(ScaledPhi):
+        shift, b = scaled.args
+        beta = sp.simplify(b / s)
+        if shift != 0 or beta.has(s) or not beta.is_number:
+            return None
+        x = beta / sp.sqrt(2)
+        replacements[scaled] = sp.Add(*(x**k / sp.gamma(sp.Rational(k, 2) + 1) * s**k for k in range(terms + 1))) / 2
+    expr = expr.xreplace(replacements)
+    if expr.has(Phi, sp.erf, sp.erfc, ScaledPhi):  # Phi(3/sqrt(q)) (hardsigmoid): not a power series in sqrt(q)
+        return None
+    budget.check("the small-q series")
+    if replacements:
+        expanded = sp.expand(expr)
+    else:
+        expanded = sp.series(expr, s, 0, terms + 1).removeO()
+    poly = sp.Poly(expanded, s)
+    if any(not c.is_number for c in poly.coeffs()):
+        return None
+    by_power = dict(zip((m[0] for m in poly.monoms()), poly.coeffs()))
+    return [by_power.get(k, sp.S.Zero) for k in range(terms + 1)]
+
+
+def _fit_series(exact: list, target: float):
+    """The :class:`~gainderive.closed_form.SmallQSeries` of the lowest order in :data:`SERIES_ORDERS` whose range
+    reaches ``target`` (where the form's own range starts), else the one reaching furthest; None if none has a
+    range.
+
+    For a candidate q_max (each point of the grid), the remainder beyond order n at x <= x_max is at most
+    x^(n+1) T with T = sum_{n < k <= K} |a_k| x_max^(k-n-1) + (rho^(K+1) / (1 - rho)) / x_max^(n+1), where
+    rho = x_max max_{K-7 <= k <= K} |a_k|^(1/k) (a root test on the last derived coefficients, accepted only
+    when rho <= 1/2; :func:`_check_series` then confirms the bound against the form).  q_max is the largest grid
+    point up to which every grid point has a bar within :data:`RANGE_RTOL` |value|.
+    """
+    import sympy as sp
+
+    from .closed_form import _SMALLEST_SUBNORMAL, SmallQSeries, _power, _series_relative, series_magnitude
+
+    floats = [float(sp.N(c, 40)) for c in exact]
+    in_q = all(c == 0 for c in exact[1::2])
+    a = floats[::2] if in_q else floats
+    top = len(a) - 1
+    grid = _SERIES_GRID
+    x_grid = grid if in_q else np.sqrt(grid)
+    nonzero = [(k, abs(a[k])) for k in range(max(1, top - 7), top + 1) if a[k] != 0]
+    root = max((c ** (1.0 / k) for k, c in nonzero), default=0.0)
+    rho = x_grid * root
+    usable = int(np.argmin(rho <= 0.5)) if not np.all(rho <= 0.5) else len(grid)
+    grid, x_grid, rho = grid[:usable], x_grid[:usable], rho[:usable]
+    best = None
+    for order in SERIES_ORDERS:
+        n = order // 2 if in_q else order
+        if n >= top or not usable:
+            break
+        head = tuple(a[: n + 1])
+        if not any(head):
+            continue
+        value = np.zeros(grid.shape)
+        for c in reversed(head):
+            value = value * x_grid + c
+        # for each candidate x_max (columns): T = sum_{n<k<=K} |a_k| x_max^(k-n-1) + rho^(K+1) / (1 - rho) / x_max^(n+1)
+        tail = np.zeros(grid.shape)
+        for c in reversed(a[n + 1:]):
+            tail = tail * x_grid + abs(c)
+        tail += root ** (top + 1) * x_grid ** (top - n) / (1 - rho)
+        tail *= 1 + 1e-6  # the float rounding of this sum and of x^(n+1) at evaluation
+        j, magnitude = series_magnitude(head, in_q, grid)
+        scaled = _series_relative(n) * magnitude
+        # bound[i, m]: the bar at grid point i of the series whose q_max is grid point m (used where i <= m)
+        bound = scaled[None, :] * _power(x_grid, j)[:, None] + tail[None, :] * _power(x_grid, n + 1)[:, None]
+        bound += (2 * n + 2) * _SMALLEST_SUBNORMAL
+        truncation = tail[None, :] * _power(x_grid, n + 1)[:, None]
+        with np.errstate(invalid="ignore"):
+            fine = (bound <= RANGE_RTOL * np.abs(value)[:, None]) & \
+                (truncation <= SERIES_TRUNCATION_RTOL * np.abs(value)[:, None])
+        fine |= np.tri(len(grid), dtype=bool).T == 0  # i > m: not used
+        good = np.all(fine, axis=0)
+        if not good[0]:
+            continue
+        m = int(np.argmin(good)) - 1 if not good.all() else len(grid) - 1
+        found = SmallQSeries(head, in_q, float(grid[m]), float(tail[m]))
+        if best is None or found.q_max > best.q_max:
+            best = found
+        if found.q_max >= target:
+            return found
+    return best
+
+
+def _check_series(series, form: ClosedForm, values: dict) -> str:
+    """'' if the series' value is within its error bar of the form at 40+ digits at six q up to q_max, else why.
+
+    The digits lost to the form's own cancellation at small q (ELU's mean: terms ~sqrt(q) leave ~q) are added to
+    the working precision, so the reference is good to ~1e-40 relative.
+    """
+    from .closed_form import evaluate_series
+
+    for fraction in (1.0, 0.3, 0.1, 1e-2, 1e-4, 1e-8):
+        q = series.q_max * fraction
+        if q <= 0:
+            continue
+        dps = 40 + int(max(0.0, -math.log10(q)) / 2) + 5
+        reference = _mp_value(form, values, q, dps)
+        value, error = evaluate_series(series, q)
+        off = abs(float(reference - value)) if math.isfinite(value) else math.inf
+        if not off <= error:
+            return (f"at q = {q:.3g} the series gives {value:.17g}, the form {float(reference):.17g}: off by "
+                    f"{off:.3g}, more than its error bar {error:.3g}")
+    return ""
