@@ -1,6 +1,6 @@
 """The fixed rule of the quadrature backend: accepted where it resolves the integrand, refused where it does not.
 
-quadrature.integrate first integrates every q with s = sqrt(q) <= 64 by a fixed composite K21/G10 rule in
+quadrature.integrate first integrates every q with s = sqrt(q) <= 64 by a fixed composite K31/G15 rule in
 t = z/s and runs adaptive bisection only for the q whose error estimate fails or that the rule cannot resolve
 (docstring of gainderive.backends.quadrature).  Every value here is checked against a reference that shares no
 code with gainderive -- tests/data/references.json (40-digit mpmath, tools/make_references.py), the hand-derived
@@ -19,6 +19,7 @@ from closed_forms import closed_form
 
 import gainderive as gd
 from gainderive.backends import quadrature
+from gainderive.estimate import Estimate
 from gainderive.integrand import DF, F, integrand
 
 EPS = np.finfo(float).eps
@@ -194,3 +195,84 @@ def test_registry_at_extreme_q_against_mpmath(name):
     refs = [reference_moments(name, v, dps=20) for v in q]
     estimates = quadrature.integrate(_integrand(name), np.array([float(v) for v in q]))
     _assert_within_bars(estimates, {label: [r[label] for r in refs] for label in MOMENTS}, name)
+
+
+def test_k31_constants_are_quadpacks_and_exact_to_their_degree():
+    # the fixed rules' G15/K31: K31 is exact to degree 3n + 1 = 46 and G15 to 2n - 1 = 29 (Kronrod 1965;
+    # int_{-1}^{1} x^k = 2/(k + 1) for even k), to a few ulps of the sum (x^k <= 1, weights summing to 2)
+    from gainderive.backends import _gauss_kronrod as gk
+
+    x, wk = np.array(gk.KRONROD_NODES_31), np.array(gk.KRONROD_WEIGHTS_31)
+    xg, wg = x[list(gk.GAUSS_INDEX_31)], np.array(gk.GAUSS_WEIGHTS_31)
+    for k in range(47):
+        exact = 0.0 if k % 2 else 2.0 / (k + 1)
+        assert abs(wk @ x**k - exact) <= 4 * EPS
+        if k < 30:
+            assert abs(wg @ xg**k - exact) <= 4 * EPS
+    # G15 is no more than it claims: its error on x^30 is 2^31 (15!)^4 / (31 (30!)^2) = 2.88e-9 (the Gauss-Legendre
+    # remainder, Abramowitz & Stegun 25.4.30)
+    assert abs(wg @ xg**30 - 2 / 31) > 1e-9
+    # the same constants as QUADPACK's qk31.f (Piessens et al. 1983), quoted there to 33 digits: the outermost node,
+    # its Kronrod weight, the centre's Kronrod weight and the centre's Gauss weight
+    assert abs(x[-1] - 0.998002298693397060285172840152271) <= EPS
+    assert abs(wk[0] - 0.005377479872923348987792051430128) <= EPS
+    assert abs(wk[15] - 0.101330007014791549017374792767493) <= EPS
+    assert abs(wg[7] - 0.202578241925561272880620199967519) <= EPS
+
+
+def test_k31_constants_are_what_the_generator_makes():
+    import importlib.util
+
+    from gainderive.backends import _gauss_kronrod as gk
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "make_gauss_kronrod.py"
+    spec = importlib.util.spec_from_file_location("make_gk", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nodes, wk, _, wg = module.gauss_kronrod(15, dps=40)
+    # 40-digit values rounded to double: equal within the 20 digits the file keeps
+    assert np.allclose([float(v) for v in nodes], gk.KRONROD_NODES_31, rtol=0, atol=1e-18)
+    assert np.allclose([float(v) for v in wk], gk.KRONROD_WEIGHTS_31, rtol=0, atol=1e-18)
+    assert np.allclose([float(v) for v in wg], gk.GAUSS_WEIGHTS_31, rtol=0, atol=1e-18)
+
+
+@pytest.mark.parametrize("name", ["tanh", "gelu", "softsign", "sin"])
+def test_the_cheap_spread_bound_never_lowers_an_error_estimate(name):
+    # the fixed rule judges first with L = |sum_k w_k sgn(x_k) g_k| in place of QUADPACK's spread
+    # sum_k w_k |g_k - c|: L <= spread for every c by the triangle inequality (the weights are symmetric, so
+    # sum_k w_k sgn(x_k) c = 0), hence u sqrt(u / L) >= min(spread, u sqrt(u / spread)) panel by panel and the
+    # first pass's error bound is at least the exact one at every q, up to rounding in the sums (1e-12 relative)
+    ig = _integrand(name)
+    layout = quadrature._layout(ig)
+    halves = [(layout.left, 0), (layout.right, 1)]
+    lower = 0.0
+    for rule in quadrature._RULES:
+        s = np.geomspace(max(lower, 0.02) * 1.0001, rule.largest_s, 40)
+        lower = rule.largest_s
+        _, bound, _ = quadrature._apply_rule(ig, rule, s, halves, layout.signed, exact_spread=False)
+        _, exact, _ = quadrature._apply_rule(ig, rule, s, halves, layout.signed, exact_spread=True)
+        assert np.all(bound >= exact * (1 - 1e-12)), (name, rule.largest_s)
+
+
+@pytest.mark.parametrize("q", [0.2754, 52.5])
+def test_a_q_the_cheap_bound_refuses_is_judged_with_the_spread_itself(q):
+    # erf at these q (found by scanning the fixed rules' ranges): u sqrt(u / L) misses 1e-13 for some panel, QUADPACK's
+    # own estimate meets it.  Both paths (one q, and arrays) must then accept with the exact spread -- no adaptive
+    # round -- and stay within their bars of the Williams (1997) closed form of tests/closed_forms.py
+    ig = _integrand("erf")
+    layout = quadrature._layout(ig)
+    rule = next(r for r in quadrature._RULES if math.sqrt(q) <= r.largest_s)
+    halves = [(layout.left, 0), (layout.right, 1)]
+    s = np.array([math.sqrt(q)])
+    value, bound, absolute = quadrature._apply_rule(ig, rule, s, halves, layout.signed, exact_spread=False)
+    tol = np.maximum(quadrature.DEFAULT_RTOL * np.abs(value), 100 * EPS * absolute)
+    assert not np.all(bound <= tol)  # the premise: the first pass refuses this q
+    zero = np.zeros((3, 1))
+    assert quadrature._fixed_rule(ig, np.array([q]), [0], quadrature.DEFAULT_RTOL, zero, zero)[3].all()
+    one = quadrature._one_q(ig, q, quadrature.DEFAULT_RTOL)
+    assert one is not None
+    with mp.workdps(30):
+        exact = closed_form("erf", mp.mpf(q))
+    references = {label: [exact[j]] for j, label in enumerate(MOMENTS)}
+    _assert_within_bars([Estimate(v, e, "quadrature") for v, e in zip(*one)], references, "one q")
+    _assert_within_bars(quadrature.integrate(ig, np.array([q])), references, "array")

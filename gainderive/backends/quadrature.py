@@ -44,18 +44,21 @@ reduce it.
 
 **A fixed rule first** (:func:`_fixed_rule`).  Before any adaptive round, every
 q of a chunk whose standard deviation s = \sqrt q is at most 64 is integrated by
-one of five fixed composite rules in t, K21/G10 on panels cut at 0 and
-mirrored: for s <= 0.55 at t = 2, 4, 6.5, 10 (168 nodes), for s <= 1 at 1,
-2.2, 4, 6.5, 10 (210); for s <= 4 and 16 at 0.3, 0.8 / 0.08, 0.2, 0.45, 0.9,
-then 1.6, 2.8, 4.5, 6.5, 10 (294, 378 nodes); for s <= 64 at 0.02, 0.05,
-0.11, 0.22, 0.45, 0.9, 2, 4, 6.5, 10 (420 nodes): graded toward 0, where h(s t)
-changes on the scale 1/s.  The nodes t_k and the Gaussian weights
-w_k \varphi(t_k) are constants, so a q costs one evaluation of the pieces at
-z = s t_k and a few reductions; its error is the same per-panel QUADPACK
-estimate as in the adaptive rounds (plus the same rounding floor, and the
-mass beyond |t| = 10 bounded from the outermost nodes).  A q is accepted only
-where that error meets the tolerance for every h_j and the rule can resolve
-the integrand there:
+one of six fixed composite rules in t, K31/G15 (QUADPACK's qk31) on panels cut
+at 0 and mirrored: for s <= 0.55 at t = 3, 10 (124 nodes), for s <= 1 at 2.5,
+5, 10 (186); for s <= 4 at 0.5, 1.5, 3.5, 10 and for s <= 8 at 0.3, 1, 3, 10
+(248 each); for s <= 16 at 0.15, 0.5, 1.5, 3.5, 10 (310); for s <= 64 at 0.04,
+0.12, 0.4, 1.2, 3, 10 (372): graded toward 0, where h(s t) changes on the
+scale 1/s.  The nodes t_k and the Gaussian weights w_k \varphi(t_k) are
+constants, so a q costs one evaluation of the pieces at z = s t_k and a few
+reductions; its error is the per-panel QUADPACK estimate of the adaptive
+rounds (plus the same rounding floor, and the mass beyond |t| = 10 bounded
+from the outermost nodes), first with a lower bound L of QUADPACK's spread
+that costs one matrix product, |sum_k w_k sgn(x_k) h phi(t_k)|: the estimate
+u sqrt(u / L), u = 200 |K31 - G15|, is never smaller than QUADPACK's; a q it
+does not accept is judged once more with the spread itself.  A q is accepted
+only where that error meets the tolerance for every h_j and the rule can
+resolve the integrand there:
 
 * no breakpoint of f other than 0 lies within 38.5 standard deviations (one at 0
   is a panel end of the rule);
@@ -85,7 +88,16 @@ from ..errors import ConvergenceError, DivergenceError
 from ..estimate import Estimate
 from ..features import DEFAULT_FEATURE, feature_cuts_array
 from ._exact import piece_moments
-from ._gauss_kronrod import GAUSS_INDEX, GAUSS_WEIGHTS, KRONROD_NODES, KRONROD_WEIGHTS
+from ._gauss_kronrod import (
+    GAUSS_INDEX,
+    GAUSS_INDEX_31,
+    GAUSS_WEIGHTS,
+    GAUSS_WEIGHTS_31,
+    KRONROD_NODES,
+    KRONROD_NODES_31,
+    KRONROD_WEIGHTS,
+    KRONROD_WEIGHTS_31,
+)
 
 if TYPE_CHECKING:
     from ..integrand import Integrand
@@ -113,12 +125,22 @@ _ONES = np.ones(_XK.size - 1)
 _ENDS = [0, -1]
 _QUADPACK_SCALE = 200.0**1.5
 _WK_MINUS_WG = _WK - _WG
-_WK_AND_DIFFERENCE = np.stack([_WK, _WK_MINUS_WG])
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+# The fixed rules use G15/K31 (QUADPACK's qk31): fewer nodes than G10/K21 for the same accepted range of s.
+_FXK = np.array(KRONROD_NODES_31)
+_FWK = np.array(KRONROD_WEIGHTS_31)
+_FWG = np.zeros_like(_FWK)
+_FWG[list(GAUSS_INDEX_31)] = GAUSS_WEIGHTS_31
+_FWK_MINUS_WG = _FWK - _FWG
+# A lower bound of QUADPACK's spread sum_k w_k |g_k - c|, c the panel's mean: for every c it is at least
+# |sum_k w_k sgn(x_k) (g_k - c)| = |sum_k w_k sgn(x_k) g_k| (the weights are symmetric, so the c terms cancel),
+# which is exact where g crosses c at the panel's centre (g monotone and nearly linear) and costs one product
+_FW_SIGN = _FWK * np.sign(_FXK)
+_FW_ONE_Q = np.stack([_FWK, _FWK_MINUS_WG, _FW_SIGN], axis=1)  # (31, 3): the three sums of the one-q path
 
 
 class _Rule(NamedTuple):
-    """A fixed composite K21/G10 rule in t, symmetric, with precomputed Gaussian weights."""
+    """A fixed composite K31/G15 rule in t, symmetric, with precomputed Gaussian weights."""
 
     largest_s: float  # the largest standard deviation it serves
     edges: np.ndarray  # panel ends in t, (P + 1,), with 0 among them
@@ -132,6 +154,10 @@ class _Rule(NamedTuple):
     half_list: list  # ``half`` as Python floats
     scale3: np.ndarray  # (3, 1, P): half, 200 half, half, the scales of the Kronrod, difference and spread sums
     tail_width: float  # width of the outermost panel
+    half_tiled: dict  # m -> ``half`` repeated for m integrands, (m P,), made on first use
+    step_reach_ext: np.ndarray  # ``step_reach`` and a 0 for the step from the last node to the next h_j's first
+    ones: np.ndarray  # (P,) ones: a sum over panels as a product
+    scale_one_q: dict  # m -> (m P, 3) scales of the one-q path's |sums|: 50 eps half, 200 half, half
 
 
 def _make_rule(largest_s: float, cuts: tuple[float, ...]) -> _Rule:
@@ -139,22 +165,36 @@ def _make_rule(largest_s: float, cuts: tuple[float, ...]) -> _Rule:
     edges = np.concatenate([-positive[::-1], [0.0], positive])
     a, b = edges[:-1], edges[1:]
     half = 0.5 * (b - a)
-    t = ((0.5 * (a + b))[:, None] + half[:, None] * _XK).ravel()
+    t = ((0.5 * (a + b))[:, None] + half[:, None] * _FXK).ravel()
     phi = np.exp(-0.5 * t * t) * _INV_SQRT_2PI
     reach = np.maximum(np.abs(a), np.abs(b))
-    node_reach = np.repeat(reach, _XK.size)
+    node_reach = np.repeat(reach, _FXK.size)
     return _Rule(largest_s, edges, t, phi, half, reach, np.maximum(node_reach[1:], node_reach[:-1]),
-                 positive.size * _XK.size, edges.tolist(), half.tolist(), np.stack([half, 200 * half, half])[:, None],
-                 float(2 * half[-1]))
+                 positive.size * _FXK.size, edges.tolist(), half.tolist(), np.stack([half, 200 * half, half])[:, None],
+                 float(2 * half[-1]), _TiledHalves(half),
+                 np.append(np.maximum(node_reach[1:], node_reach[:-1]), 0.0), np.ones(half.size),
+                 _TiledHalves(np.stack([50 * _EPS * half, 200 * half, half], axis=1)))
 
 
-# Chosen by measuring where the K21/G10 estimate of tanh, silu, mish, gelu, softplus, sigmoid and softsign meets
+class _TiledHalves(dict):
+    """m -> per-panel scales (P,) or (P, k) stacked m times, the scales of m integrands' sums; made on first use."""
+
+    def __init__(self, half: np.ndarray):
+        super().__init__()
+        self.half = half
+
+    def __missing__(self, m: int) -> np.ndarray:
+        self[m] = tiled = np.concatenate([self.half] * m)
+        return tiled
+
+
+# Chosen by measuring where the K31/G15 estimate of tanh, silu, mish, gelu, softplus, sigmoid and softsign meets
 # 1e-13 over each range of s: panels graded toward 0, where h(s t) changes on the scale 1/s, and outer cuts where
-# phi falls by a few decades (a panel [5.5, 10] is already too wide for G10).  168, 210, 294, 378 and 420 nodes.
-_OUTER = (1.6, 2.8, 4.5, 6.5, 10.0)
-_RULES = (_make_rule(0.55, (2.0, 4.0, 6.5, 10.0)), _make_rule(1.0, (1.0, 2.2, 4.0, 6.5, 10.0)),
-          _make_rule(4.0, (0.3, 0.8, *_OUTER)), _make_rule(16.0, (0.08, 0.2, 0.45, 0.9, *_OUTER)),
-          _make_rule(64.0, (0.02, 0.05, 0.11, 0.22, 0.45, 0.9, 2.0, 4.0, 6.5, 10.0)))
+# phi falls by a few decades (one panel [3, 10] is enough for G15 at s <= 0.55; [4, 10] is not at s <= 1).
+# 124, 186, 248, 248, 310 and 372 nodes, a fifth fewer than the G10/K21 rules they replace at the same s.
+_RULES = (_make_rule(0.55, (3.0, 10.0)), _make_rule(1.0, (2.5, 5.0, 10.0)), _make_rule(4.0, (0.5, 1.5, 3.5, 10.0)),
+          _make_rule(8.0, (0.3, 1.0, 3.0, 10.0)), _make_rule(16.0, (0.15, 0.5, 1.5, 3.5, 10.0)),
+          _make_rule(64.0, (0.04, 0.12, 0.4, 1.2, 3.0, 10.0)))
 _FIXED_REACH = 10.0  # the rules stop at |t| = 10, phi(10) = 7.7e-23; beyond, the edge check and a tail bound
 _FEATURE_NODES = 8.0  # a feature must be at least 1/8 of the panel it lies in
 _SERIES_LARGEST_VARIANCE = 1e-2  # series.LARGEST_VARIANCE, without importing it on the one-q path
@@ -172,6 +212,7 @@ class _Layout(NamedTuple):
     widths: np.ndarray
     signed: tuple[int, ...]  # indices of the h_j not known to be non-negative
     features: tuple[tuple[float, float], ...]  # (centre, width) as Python floats, the default feature included
+    exact_free: bool  # no piece is integrated exactly (:func:`_no_exact_pieces`)
 
 
 def _layout(integrand) -> _Layout:
@@ -181,12 +222,14 @@ def _layout(integrand) -> _Layout:
         pass
     cuts = np.asarray(integrand.breakpoints, dtype=float)
     far = np.abs(cuts[cuts != 0.0])
-    features = [DEFAULT_FEATURE, *getattr(integrand, "features", ())]
+    # (an activation may list the default feature itself: once is enough)
+    listed = (DEFAULT_FEATURE, *getattr(integrand, "features", ()))
+    features = list(dict.fromkeys((float(c), float(w)) for c, w in listed))
     found = _Layout(int(np.searchsorted(cuts, 0.0, "left")), int(np.searchsorted(cuts, 0.0, "right")),
                     float(far.min()) if far.size else np.inf, np.array([float(c) for c, _ in features]),
                     np.array([float(w) for _, w in features]),
                     tuple(j for j, nonneg in enumerate(integrand.nonnegative) if not nonneg),
-                    tuple((float(c), float(w)) for c, w in features))
+                    tuple((float(c), float(w)) for c, w in features), _no_exact_pieces(integrand))
     try:
         _KEYS[integrand] = found
     except TypeError:  # not weak-referenceable: recomputed each call
@@ -224,13 +267,21 @@ def _fixed_rule(integrand: Integrand, q: np.ndarray, pieces, rtol, offset_total,
         members, sm = members[seen.all(axis=1)], sm[seen.all(axis=1)]
         if not members.size:
             continue
-        value, err, absolute = _apply_rule(integrand, rule, sm, halves, layout.signed)
-        whole_total = offset_total[:, members] + value
-        whole_l1 = offset_l1[:, members] + absolute
-        tol = np.maximum(rtol * np.abs(whole_total), 100 * _EPS * whole_l1)
-        good = np.all((err <= tol) & np.isfinite(value) & np.isfinite(err), axis=0)
-        total[:, members], error[:, members], l1[:, members] = value, err, absolute
-        accepted[members] = good
+        # first with the cheap lower bound of the spread (a larger estimate); the q it does not accept, once more
+        # with QUADPACK's own spread, as in the adaptive rounds
+        for exact_spread in (False, True):
+            value, err, absolute = _apply_rule(integrand, rule, sm, halves, layout.signed, exact_spread)
+            whole_total = offset_total[:, members] + value
+            whole_l1 = offset_l1[:, members] + absolute
+            tol = np.maximum(rtol * np.abs(whole_total), 100 * _EPS * whole_l1)
+            finite = np.all(np.isfinite(value), axis=0)
+            good = np.all(err <= tol, axis=0) & finite
+            total[:, members], error[:, members], l1[:, members] = value, err, absolute
+            accepted[members] = good
+            retry = ~good & finite
+            members, sm = members[retry], sm[retry]
+            if not members.size:
+                break
     return total, error, l1, accepted
 
 
@@ -239,13 +290,15 @@ def _panel_of(rule: _Rule, t):
     return np.clip(np.searchsorted(rule.edges, t) - 1, 0, rule.half.size - 1)
 
 
-def _apply_rule(integrand: Integrand, rule: _Rule, s: np.ndarray, halves, signed):
+def _apply_rule(integrand: Integrand, rule: _Rule, s: np.ndarray, halves, signed, exact_spread: bool = True):
     """Value, error (QUADPACK per panel, rounding floor, tail) and E|h| of the rule for each s, every h_j.
 
     The node values are formed in blocks of q small enough to stay in cache, q by q (each q's m integrands
     and panels contiguous), and each block is reduced to per-panel sums (Kronrod, Kronrod - Gauss, spread,
     |h phi| of the signed h_j) and per-q variation and edge; the per-panel error arithmetic then runs once.
     The error is inf where the integrand has not decayed at the rule's end: those q go to the adaptive rounds.
+    With ``exact_spread=False`` the spread in QUADPACK's estimate is replaced by a lower bound (``_FW_SIGN``) that
+    costs one product instead of three passes; the estimate is then larger, never smaller (:func:`_rule_error`).
     """
     m = len(integrand.labels)
     n, nodes, panels = s.size, rule.t.size, rule.half.size
@@ -256,7 +309,7 @@ def _apply_rule(integrand: Integrand, rule: _Rule, s: np.ndarray, halves, signed
     edge = np.empty((n, m))
     block = max(1, _BLOCK_VALUES // (m * nodes))
     g = np.zeros((min(block, n), m, nodes))
-    step_buffer = np.empty((g.shape[0], m, nodes - 1))
+    step_buffer = np.empty(g.size)
     whole = len(halves) == 2 and halves[0][0] == halves[1][0]
     with np.errstate(all="ignore"):  # a non-finite value sends its q to the adaptive rounds, which report it
         for lo in range(0, n, block):
@@ -273,49 +326,64 @@ def _apply_rule(integrand: Integrand, rule: _Rule, s: np.ndarray, halves, signed
                         np.multiply(h, rule.phi[part], out=gb[:, j, part])
             # matrix-vector products straight into the outputs: one BLAS call each, faster than one product with
             # several columns
-            rows = gb.reshape(-1, _XK.size)
-            np.matmul(rows, _WK, out=kronrod[lo:hi].reshape(-1))
-            np.matmul(rows, _WK_MINUS_WG, out=difference[lo:hi].reshape(-1))
+            rows = gb.reshape(-1, _FXK.size)
+            np.matmul(rows, _FWK, out=kronrod[lo:hi].reshape(-1))
+            np.matmul(rows, _FWK_MINUS_WG, out=difference[lo:hi].reshape(-1))
             for i, j in enumerate(signed):
-                signed_abs[lo:hi, i] = (np.abs(gb[:, j]).reshape(-1, _XK.size) @ _WK).reshape(hi - lo, panels)
+                signed_abs[lo:hi, i] = (np.abs(gb[:, j]).reshape(-1, _FXK.size) @ _FWK).reshape(hi - lo, panels)
             # variation along the nodes, each step weighted by the reach of its panel (a step across a panel end
             # by the larger): sum_p reach_p TV_p in one product
-            steps = np.subtract(gb[..., 1:], gb[..., :-1], out=step_buffer[: hi - lo])
+            # (on the flat block: contiguous, twice as fast as the strided 3-d slices; the step from one h_j's last
+            # node to the next row's first gets weight 0 in step_reach_ext)
+            flat, steps = gb.reshape(-1), step_buffer[: (hi - lo) * m * nodes]
+            np.subtract(flat[1:], flat[:-1], out=steps[:-1])
+            steps[-1] = 0.0
             np.abs(steps, out=steps)
-            np.matmul(steps, rule.step_reach, out=variation[lo:hi])
+            np.matmul(steps.reshape(hi - lo, m, nodes), rule.step_reach_ext, out=variation[lo:hi])
             np.add(np.abs(gb[..., 0]), np.abs(gb[..., -1]), out=edge[lo:hi])
-            rows -= 0.5 * kronrod[lo:hi].reshape(-1, 1)
-            np.abs(rows, out=rows)
-            np.matmul(rows, _WK, out=spread[lo:hi].reshape(-1))
-        value, err, absolute, edge = _rule_error(sums, signed_abs, variation, edge, rule, signed)
+            if exact_spread:
+                rows -= 0.5 * kronrod[lo:hi].reshape(-1, 1)
+                np.abs(rows, out=rows)
+                np.matmul(rows, _FWK, out=spread[lo:hi].reshape(-1))
+            else:
+                np.matmul(rows, _FW_SIGN, out=spread[lo:hi].reshape(-1))
+        value, err, absolute, edge = _rule_error(sums, signed_abs, variation, edge, rule, signed, exact_spread)
     err[edge > 1e-15 * absolute] = np.inf  # not decayed at |t| = 10: the adaptive rounds judge
     return value.T, err.T, absolute.T
 
 
-def _rule_error(sums, signed_abs, variation, edge, rule: _Rule, signed):
+def _rule_error(sums, signed_abs, variation, edge, rule: _Rule, signed, exact_spread: bool = True):
     """(value, error, E|h|, tail) from the unscaled per-panel sums of the fixed rule (panels on the last axis).
 
-    ``sums`` stacks the Kronrod, Kronrod - Gauss and spread sums, (3, ..., m, P); ``signed_abs`` holds the sums of
-    |h phi| of the signed h_j (..., len(signed), P), ``variation`` sum_p reach_p TV_p and ``edge`` |h phi| at the
-    two outermost nodes, (..., m).  Returns arrays (..., m).
+    ``sums`` stacks the Kronrod, Kronrod - Gauss and spread sums, (3, ..., m, P), and is overwritten;
+    ``signed_abs`` holds the sums of |h phi| of the signed h_j (..., len(signed), P), ``variation``
+    sum_p reach_p TV_p and ``edge`` |h phi| at the two outermost nodes, (..., m).  Returns arrays (..., m).
+    Without ``exact_spread`` the third sum is the lower bound L <= spread of ``_FW_SIGN`` (up to its sign), and a
+    panel's estimate is u sqrt(u / L) >= u sqrt(u / spread) >= QUADPACK's min(spread, u sqrt(u / spread)).
     """
-    # scaled by the half-widths, the difference also by 200: u = 200 |K21 - G10|
-    kronrod, u, spread = sums * (rule.scale3 if sums.ndim == 3 else rule.scale3[:, None])
+    # scaled by the half-widths, the difference also by 200: u = 200 |K31 - G15|; in place (``sums`` is the
+    # caller's scratch): fresh temporaries of this size cost more in page faults than the arithmetic
+    sums *= rule.scale3 if sums.ndim == 3 else rule.scale3[:, None]
+    kronrod, u, spread = sums
     ab = np.abs(kronrod)
     if signed:
         ab[..., list(signed), :] = signed_abs * rule.half
-    absolute = ab.sum(axis=-1)
-    value = kronrod.sum(axis=-1)
+    absolute = ab @ rule.ones  # sums over the panels as products: a reduction along a short last axis is slower
+    value = kronrod @ rule.ones
     # QUADPACK's error, spread min(1, (200 |K - G| / spread)^1.5) as in the adaptive rounds, written
     # min(spread, u sqrt(u / spread)) (a power with exponent 1.5 costs ten times a square root); fmin: a panel
     # with no spread, where h phi is constant and K = G up to rounding, gets 0 and keeps the rounding floor
     np.abs(u, out=u)
-    ratio = np.divide(u, spread)
+    if not exact_spread:
+        np.abs(spread, out=spread)
+    ratio = np.divide(u, spread, out=kronrod)
     np.sqrt(ratio, out=ratio)
     ratio *= u
-    e = np.fmin(spread, ratio, out=ratio)
+    # u = 0 (K = G exactly) with spread or L = 0 gives nan, which fmin and fmax pass over: the rounding floor;
+    # u > 0 with L = 0 gives inf, refused here and decided with the exact spread
+    e = np.fmin(spread, ratio, out=ratio) if exact_spread else ratio
     ab *= 50 * _EPS
-    err = np.fmax(ab, e, out=e).sum(axis=-1)
+    err = np.fmax(ab, e, out=e) @ rule.ones
     # the rounding floor of the adaptive rounds (eps |t| times the variation of h phi along the nodes), and the
     # mass beyond |t| = 10, which the outermost nodes' |h phi| times the panel width bounds many times over
     err += variation * (4 * _EPS)
@@ -353,10 +421,10 @@ def _one_q(integrand, q: float, rtol: float):
             if width * _FEATURE_NODES < 2 * max(rule.half_list[i] for i in ends):
                 return None
     m = len(integrand.labels)
-    nodes, panels = rule.t.size, rule.half.size
-    g = np.empty((m, nodes))
+    nodes = rule.t.size
+    padded = np.empty(m * nodes + 1)  # the node values g_j = h_j phi, row by row, and one spare for the steps
+    g = padded[:-1].reshape(m, nodes)
     z = rule.t * s
-    signed = layout.signed
     with np.errstate(all="ignore"):
         if layout.left == layout.right:
             for j, h in enumerate(integrand.numpy_pieces[layout.left](z)):
@@ -365,25 +433,55 @@ def _one_q(integrand, q: float, rtol: float):
             for k, part in ((layout.left, slice(0, rule.right)), (layout.right, slice(rule.right, nodes))):
                 for j, h in enumerate(integrand.numpy_pieces[k](z[part])):
                     np.multiply(h, rule.phi[part], out=g[j, part])
-        rows = g.reshape(-1, _XK.size)
-        sums = np.empty((3, m * panels))
-        np.matmul(_WK_AND_DIFFERENCE, rows.T, out=sums[:2])  # one call: at this size the call is the cost
-        signed_abs = None
-        if signed:
-            signed_abs = (np.abs(g[signed[0]] if len(signed) == 1 else g[list(signed)]).reshape(-1, _XK.size)
-                          @ _WK).reshape(-1, panels)
-        steps = np.subtract(g[:, 1:], g[:, :-1])
-        variation = np.abs(steps, out=steps) @ rule.step_reach
-        edge = np.abs(g[:, :: nodes - 1]).sum(axis=1)
-        rows -= 0.5 * sums[0][:, None]
-        np.matmul(np.abs(rows, out=rows), _WK, out=sums[2])
-        value, err, absolute, edge = _rule_error(sums.reshape(3, m, panels), signed_abs, variation, edge, rule,
-                                                 signed)
-    # the acceptance test of _fixed_rule on m numbers, in Python
-    for v, e, a, d in zip(value.tolist(), err.tolist(), absolute.tolist(), edge.tolist()):
-        if not (math.isfinite(v) and e <= max(rtol * abs(v), 100 * _EPS * a) and d <= 1e-15 * a):
+        # the arithmetic of _apply_rule and _rule_error in as few numpy calls as it takes, on flat arrays and with
+        # ndarray.dot: at this size each call, not the arithmetic, is the cost
+        padded[-1] = 0.0
+        steps = padded[1:] - padded[:-1]  # steps[j nodes + k] = g_j[k + 1] - g_j[k]; the last of each row crosses
+        variation = np.abs(steps, out=steps).reshape(m, nodes).dot(rule.step_reach_ext)  # (weight 0 there)
+        rows = g.reshape(-1, _FXK.size)
+        # per panel: the Kronrod sum, K - G and the lower bound L of the spread, unscaled
+        sums = rows.dot(_FW_ONE_Q)
+        value = sums[:, 0].reshape(m, -1).dot(rule.half)
+        ends = g[:, :: nodes - 1].tolist()  # the two outermost nodes
+        scaled = np.abs(sums)
+        ab = scaled[:, 0].reshape(m, -1)  # E|h| per panel, unscaled, where h >= 0
+        for j in layout.signed:  # E|h| of a signed h_j is not |E h| panel by panel
+            ab[j] = np.abs(g[j]).reshape(-1, _FXK.size).dot(_FWK)
+        absolute = ab.dot(rule.half)
+        scaled *= rule.scale_one_q[m]  # the rounding floor 50 eps E|h|, u = 200 |K - G| and L, per panel
+        ab, u = scaled[:, 0], scaled[:, 1]
+        # the error as _rule_error makes it, first with the lower bound of the spread, which costs nothing more
+        # (u sqrt(u / L): larger than QUADPACK's estimate, never smaller); where that is not accepted, once more
+        # with QUADPACK's own spread, as _fixed_rule does
+        ratio = np.divide(u, scaled[:, 2])
+        np.sqrt(ratio, out=ratio)
+        ratio *= u
+        err = np.fmax(ab, ratio, out=ratio).reshape(m, -1).dot(rule.ones)
+        found = _one_q_accepted(value, err, absolute, variation, ends, rule.tail_width, rtol)
+        if found is not None or not all(math.isfinite(v) for v in value.tolist()):
+            return found
+        rows -= (0.5 * sums[:, 0])[:, None]
+        spread = np.abs(rows, out=rows).dot(_FWK)
+        spread *= rule.half_tiled[m]
+        ratio = np.divide(u, spread)
+        np.sqrt(ratio, out=ratio)
+        ratio *= u
+        e = np.fmin(spread, ratio, out=ratio)  # QUADPACK's spread min(1, (200 |K - G| / spread)^1.5), as there
+        err = np.fmax(ab, e, out=e).reshape(m, -1).dot(rule.ones)
+    return _one_q_accepted(value, err, absolute, variation, ends, rule.tail_width, rtol)
+
+
+def _one_q_accepted(value, err, absolute, variation, ends, tail_width, rtol):
+    """The rounding floor and tail bound of :func:`_rule_error` and the acceptance test of :func:`_fixed_rule`, on
+    m numbers in Python: (value, error) or None."""
+    found = []
+    for v, e, a, var, (first, last) in zip(value.tolist(), err.tolist(), absolute.tolist(), variation.tolist(), ends):
+        edge = (abs(first) + abs(last)) * tail_width
+        e += var * (4 * _EPS) + edge
+        if not (math.isfinite(v) and e <= max(rtol * abs(v), 100 * _EPS * a) and edge <= 1e-15 * a):
             return None
-    return value, err
+        found.append(e)
+    return value, np.array(found)
 
 
 def _initial_panels(cuts: np.ndarray, s: np.ndarray, pieces, features=()):
@@ -505,6 +603,12 @@ def integrate(integrand: Integrand, variance, *, rtol: float = DEFAULT_RTOL,
     (:mod:`.series`) for each (h_j, q) where that meets the tolerance; ``small_variance_series=False``
     turns this off.
     """
+    if type(variance) is float and (not small_variance_series or variance > _SERIES_LARGEST_VARIANCE) and \
+            _layout(integrand).exact_free:
+        found = _one_q(integrand, variance, rtol)  # one q: no array machinery where the fixed rule applies
+        if found is not None:  # indexing the (m,) results gives numpy scalars, as reshape(())[()] would
+            value, error = found
+            return tuple(Estimate(value[j], error[j], "quadrature") for j in range(value.size))
     q = np.asarray(variance, dtype=float)
     if q.size == 1 and _no_exact_pieces(integrand) and (not small_variance_series
                                                         or q.flat[0] > _SERIES_LARGEST_VARIANCE):
