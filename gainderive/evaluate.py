@@ -389,6 +389,13 @@ class Program:
     def _compile(self) -> None:
         table = {"numpy": _NUMPY, "mpmath": _MPMATH, "interval": _INTERVAL}[self.backend]
         self._steps = [(name if name in ("input", "const") else table[name], args) for name, args in self.ops]
+        # the intermediates each step is the last to read (outputs are kept): dropped there, so that a long
+        # program over a large array holds only its live values, not every one it has computed
+        last = {j: i for i, (_, args) in enumerate(self.ops) for j in args}
+        outputs = set(self.outputs)
+        self._dead = [tuple(j for j in set(args) if last.get(j) == i and j not in outputs
+                            and self.ops[j][0] not in ("input", "const")) if name not in ("input", "const") else ()
+                      for i, (name, args) in enumerate(self.ops)]
 
     # -- building from sympy ---------------------------------------------------
     def _emit(self, key: Any, name: str, args: tuple) -> int:
@@ -485,20 +492,24 @@ class Program:
     def __call__(self, *values: Any) -> list[Any]:
         """Evaluate at the given input values; returns one result per expression."""
         results: list[Any] = [None] * len(self._steps)
-        for i, (fn, args) in enumerate(self._steps):
+        for i, ((fn, args), dead) in enumerate(zip(self._steps, self._dead)):
             if fn == "input":
                 results[i] = values[args[0]]
             elif fn == "const":
                 results[i] = args[0]
             else:
                 results[i] = fn(*[results[j] for j in args])
+                for j in dead:
+                    results[j] = None
         out = [results[k] for k in self.outputs]
         if self.backend == "numpy":
             # constants (f' = 1 on a linear piece) come back as scalars: give every output the input's shape
             shape = np.shape(values[0]) if len(values) == 1 else np.broadcast_shapes(*(np.shape(v) for v in values))
             out = [v if isinstance(v, np.ndarray) and v.shape == shape else np.broadcast_to(np.asarray(v, dtype=float),
                                                                                               shape) for v in out]
-            if self._source is not None:
+            # one pass per output: the sum of finite values is finite unless it overflows, and then the exact
+            # check below finds every value finite and changes nothing
+            if self._source is not None and not all(math.isfinite(np.sum(v)) for v in out):
                 finite = [np.isfinite(v) for v in out]
                 if not all(f.all() for f in finite):
                     out = self._rescue(values, shape, out, finite)
