@@ -40,3 +40,31 @@ def closed_form(name, q, a=None):
         inside = 2 * _Phi(c) - 1
         return mp.mpf(0), q * (inside - 2 * c * _phi(c)) + (1 - inside), inside
     raise KeyError(name)
+
+
+def elu_like(q, alpha, t=1, scale=1):
+    """(E f, E f^2, E f'^2) of f = scale (z if z > 0 else alpha (e^{t z} - 1)), q an mpf.
+
+    ELU (t = 1; Clevert et al. 2016), CELU (t = 1/alpha; Barron 2017), SELU (scale and alpha of Klambauer et al.
+    2017): E[(e^{tz} - 1)^k 1{z<0}] expanded into E[e^{jtz} 1{z<0}] = e^{j^2 t^2 q/2} Phi(-j t s).
+    """
+    s = mp.sqrt(q)
+    one = mp.exp(t * t * q / 2) * _Phi(-t * s)
+    two = mp.exp(2 * t * t * q) * _Phi(-2 * t * s)
+    mean = s / mp.sqrt(2 * mp.pi) + alpha * (one - mp.mpf(1) / 2)
+    second = q / 2 + alpha**2 * (two - 2 * one + mp.mpf(1) / 2)
+    derivative = mp.mpf(1) / 2 + (alpha * t) ** 2 * two
+    return scale * mean, scale**2 * second, scale**2 * derivative
+
+
+def gelu(q):
+    """(E f, E f^2, E f'^2) of GELU, f = z Phi(z) (Hendrycks & Gimpel 2016), q an mpf.
+
+    By Stein's lemma and the bivariate-normal orthant probability: with r = sqrt(1 + 2q), theta = atan(q / r).
+    """
+    r = mp.sqrt(1 + 2 * q)
+    theta = mp.atan(q / r)
+    mean = q / mp.sqrt(2 * mp.pi * (1 + q))
+    second = q / 4 + q * theta / (2 * mp.pi) + q**2 / (mp.pi * (1 + q) * r)
+    derivative = mp.mpf(1) / 4 + theta / (2 * mp.pi) + q / (mp.pi * (1 + q) * r) + q / (2 * mp.pi * r**3)
+    return mean, second, derivative

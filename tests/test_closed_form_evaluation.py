@@ -29,6 +29,7 @@ import math
 import mpmath as mp
 import numpy as np
 import pytest
+from closed_forms import elu_like, gelu
 
 from gainderive import registry
 from gainderive.closed_form import evaluate, evaluate_many
@@ -43,25 +44,6 @@ SELU_ALPHA = "1.6732632423543772848170429916717"
 SELU_SCALE = "1.0507009873554804934193349852946"
 
 
-def _elu_like(q, alpha, t, scale=1):
-    s = mp.sqrt(q)
-    one = mp.exp(t * t * q / 2) * mp.ncdf(-t * s)
-    two = mp.exp(2 * t * t * q) * mp.ncdf(-2 * t * s)
-    mean = s / mp.sqrt(2 * mp.pi) + alpha * (one - mp.mpf(1) / 2)
-    second = q / 2 + alpha**2 * (two - 2 * one + mp.mpf(1) / 2)
-    derivative = mp.mpf(1) / 2 + (alpha * t) ** 2 * two
-    return scale * mean, scale**2 * second, scale**2 * derivative
-
-
-def _gelu(q):
-    r = mp.sqrt(1 + 2 * q)
-    theta = mp.atan(q / r)
-    mean = q / mp.sqrt(2 * mp.pi * (1 + q))
-    second = q / 4 + q * theta / (2 * mp.pi) + q**2 / (mp.pi * (1 + q) * r)
-    derivative = mp.mpf(1) / 4 + theta / (2 * mp.pi) + q / (mp.pi * (1 + q) * r) + q / (2 * mp.pi * r**3)
-    return mean, second, derivative
-
-
 def _by_hand(name, q):
     """(E f, E f^2, E f'^2, Var f) at q (an mpf), from the formulas of the module docstring."""
     s = mp.sqrt(q)
@@ -71,11 +53,11 @@ def _by_hand(name, q):
         a = mp.mpf(1) / 100
         m = ((1 - a) * s / mp.sqrt(2 * mp.pi), (1 + a * a) * q / 2, (1 + a * a) / 2)
     elif name in ("elu", "celu"):
-        m = _elu_like(q, mp.mpf(1), mp.mpf(1))
+        m = elu_like(q, mp.mpf(1), mp.mpf(1))
     elif name == "selu":
-        m = _elu_like(q, mp.mpf(SELU_ALPHA), mp.mpf(1), mp.mpf(SELU_SCALE))
+        m = elu_like(q, mp.mpf(SELU_ALPHA), mp.mpf(1), mp.mpf(SELU_SCALE))
     elif name == "gelu":
-        m = _gelu(q)
+        m = gelu(q)
     else:
         raise KeyError(name)
     return (*m, m[1] - m[0] ** 2)

@@ -24,6 +24,7 @@ import threading
 import mpmath as mp
 import numpy as np
 import pytest
+from closed_forms import elu_like
 
 import gainderive as gd
 from gainderive import verify
@@ -208,15 +209,9 @@ def test_no_quadrature_runs_when_the_forms_cover_every_moment_at_every_q(monkeyp
 
 
 def _hand_elu(q, a=1):
-    """ELU's four moments at one q, derived by hand (module docstring), at DPS digits."""
+    """ELU's four moments at one q, derived by hand (tests/closed_forms.py), at DPS digits."""
     with mp.workdps(DPS):
-        q, a = mp.mpf(q), mp.mpf(a)
-        s = mp.sqrt(q)
-        e1 = mp.exp(q / 2) * mp.ncdf(-s)
-        e2 = mp.exp(2 * q) * mp.ncdf(-2 * s)
-        mean = mp.sqrt(q / (2 * mp.pi)) + a * (e1 - mp.mpf(1) / 2)
-        second = q / 2 + a**2 * (e2 - 2 * e1 + mp.mpf(1) / 2)
-        derivative = mp.mpf(1) / 2 + a**2 * e2
+        mean, second, derivative = elu_like(mp.mpf(q), mp.mpf(a))
         return {"mean": mean, "second_moment": second, "derivative_second_moment": derivative,
                 "variance": second - mean**2}
 

@@ -27,6 +27,7 @@ import warnings
 import mpmath as mp
 import numpy as np
 import pytest
+from closed_forms import elu_like, gelu
 
 import gainderive as gd
 from gainderive import compile as compile_module
@@ -44,38 +45,19 @@ SELU_SCALE = "1.0507009873554804934193349852946"  # eq. 15
 USER = "where(x > 0, x, a*expm1(x))"  # ELU with alpha = a, typed as a formula with a parameter
 
 
-def _elu_like(q, alpha, scale=1):
-    s = mp.sqrt(q)
-    one = mp.exp(q / 2) * mp.ncdf(-s)
-    two = mp.exp(2 * q) * mp.ncdf(-2 * s)
-    mean = s / mp.sqrt(2 * mp.pi) + alpha * (one - mp.mpf(1) / 2)
-    second = q / 2 + alpha**2 * (two - 2 * one + mp.mpf(1) / 2)
-    derivative = mp.mpf(1) / 2 + alpha**2 * two
-    return scale * mean, scale**2 * second, scale**2 * derivative
-
-
-def _gelu(q):
-    r = mp.sqrt(1 + 2 * q)
-    theta = mp.atan(q / r)
-    mean = q / mp.sqrt(2 * mp.pi * (1 + q))
-    second = q / 4 + q * theta / (2 * mp.pi) + q**2 / (mp.pi * (1 + q) * r)
-    derivative = mp.mpf(1) / 4 + theta / (2 * mp.pi) + q / (mp.pi * (1 + q) * r) + q / (2 * mp.pi * r**3)
-    return mean, second, derivative
-
-
 def _reference(name, q):
     """(E f, E f^2, E f'^2, Var f) at the float q, by hand, as mpf."""
     lost = int(max(0.0, -math.log10(q))) + 5  # the ELU forms cancel terms ~sqrt(q) down to ~q: digits lost
     with mp.workdps(40 + lost):
         x = mp.mpf(q)
         if name in ("elu", "celu"):
-            m = _elu_like(x, mp.mpf(1))
+            m = elu_like(x, mp.mpf(1))
         elif name == "selu":
-            m = _elu_like(x, mp.mpf(SELU_ALPHA), mp.mpf(SELU_SCALE))
+            m = elu_like(x, mp.mpf(SELU_ALPHA), scale=mp.mpf(SELU_SCALE))
         elif name == "user":
-            m = _elu_like(x, mp.mpf(1) / 2)
+            m = elu_like(x, mp.mpf(1) / 2)
         else:
-            m = _gelu(x)
+            m = gelu(x)
         return (*m, m[1] - m[0] ** 2)
 
 
