@@ -526,14 +526,15 @@ class Program:
             setattr(self, name, plan)
         return plan
 
-    def bounded(self, *values: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def bounded(self, *values: Any, rescue: bool = True) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """(values, error bounds): per output, its value at arrays of inputs and a bound on its rounding error.
 
         The bound is a running (forward) error bound, first order in each operation's rounding and times 1.25
         for what first order leaves out (see the comment above :class:`_BoundPlan`); the inputs are exact.
         Where the double evaluation is not finite, an expression-built program re-evaluates in interval
-        arithmetic (:meth:`__call__`): a value pinned there is within an ulp (bound 2 eps |value|).  Elsewhere a
-        non-finite value or a nan bound comes with an infinite bound: it claims nothing.
+        arithmetic (:meth:`__call__`) unless ``rescue`` is false: a value pinned there is within an ulp (bound
+        2 eps |value|).  Elsewhere a non-finite value or a nan bound comes with an infinite bound: it claims
+        nothing.
         """
         plan = self._bound_plan(False)
         shape = np.shape(values[0]) if len(values) == 1 else np.broadcast_shapes(*(np.shape(v) for v in values))
@@ -559,7 +560,7 @@ class Program:
             else:
                 finite = [np.isfinite(x) for x in out]
             if not all(np.all(f) for f in finite):
-                rescued = self._rescue(values, shape, out, finite) if self._source is not None else out
+                rescued = self._rescue(values, shape, out, finite) if self._source is not None and rescue else out
                 for k, f in enumerate(finite):
                     if not f.all():
                         pinned = np.isfinite(rescued[k]) & ~f
