@@ -505,8 +505,11 @@ def _closed_forms_first(prepared: Prepared, q: Any, rtol: float, options: dict) 
         missing = np.zeros(np.shape(q), dtype=bool)
         for name in MOMENTS:
             missing |= ~covered[name] if name in covered else True
-        at = np.nonzero(missing)
-        rest = q[at]
+        if missing.all():  # no form covers any q (tanh): quadrature's own arrays are the answer, not copies of them
+            at, rest = slice(None), q
+        else:
+            at = np.nonzero(missing)
+            rest = q[at]
     try:
         mean, second, derivative, *centred = _run(prepared.integrand, rest, "quadrature", options)
     except (ConvergenceError, DivergenceError) as exc:
@@ -521,7 +524,7 @@ def _closed_forms_first(prepared: Prepared, q: Any, rtol: float, options: dict) 
     for name in MOMENTS:
         part = quad[name]
         if name not in evaluated:
-            if not scalar:
+            if not scalar and not isinstance(at, slice):
                 part = _scatter(part, at, np.shape(q))
             out.append(part)
             continue

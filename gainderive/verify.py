@@ -92,11 +92,26 @@ def combine_variance(mean: Estimate, centred: Estimate, shifted: Estimate | None
         rounding = 2 * math.sqrt(abs(c)) * delta + delta**2
         error = float(centred.error) + 2 * abs(d) * d_error + d_error**2 + rounding
         return Estimate(np.float64(c - d * d), np.float64(error), mean.method)
+    # in place: a grid of 1e6 q would otherwise hold a dozen temporaries of its size at once
     d, d_error = np.asarray(source.value, dtype=float), np.asarray(source.error, dtype=float)
-    value = np.asarray(centred.value) - d * d
-    delta = 4 * np.finfo(float).eps * np.sqrt(np.abs(np.asarray(second.value, dtype=float)))
-    rounding = 2 * np.sqrt(np.abs(np.asarray(centred.value, dtype=float))) * delta + delta**2
-    error = np.asarray(centred.error) + 2 * np.abs(d) * d_error + d_error**2 + rounding
+    c = np.asarray(centred.value, dtype=float)
+    value = np.multiply(d, d)
+    np.subtract(c, value, out=value)
+    delta = np.abs(np.asarray(second.value, dtype=float))
+    np.sqrt(delta, out=delta)
+    delta *= 4 * _EPS
+    error = np.abs(c)  # then the rounding term 2 sqrt|c| delta + delta^2 = delta (2 sqrt|c| + delta)
+    np.sqrt(error, out=error)
+    error *= 2
+    error += delta
+    error *= delta
+    del delta
+    propagated = np.abs(d)  # 2 |d| d_error + d_error^2 = d_error (2 |d| + d_error)
+    propagated *= 2
+    propagated += d_error
+    propagated *= d_error
+    error += propagated
+    error += np.asarray(centred.error, dtype=float)
     return Estimate(value[()], error[()], mean.method)
 
 
