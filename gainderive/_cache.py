@@ -47,7 +47,7 @@ __all__ = ["CACHE_FILE", "FORMAT", "MAX_ENTRY_BYTES", "CompiledIntegrand", "buil
 
 CACHE_FILE = Path(__file__).with_name("registry_cache.json")
 #: Version of the entry format: part of every disk key, so an entry of another format is never read.
-FORMAT = 3
+FORMAT = 4
 #: Largest disk entry written (a formula with hundreds of pieces is recompiled rather than stored).
 MAX_ENTRY_BYTES = 1 << 20
 _MOMENTS = ("mean", "second_moment", "derivative_second_moment", "variance")
@@ -91,14 +91,14 @@ def integrand_entry(ig, centre) -> dict[str, Any]:
 
 
 def closed_entry(forms: dict, programs: dict, ranges: dict, series: dict | None = None) -> dict[str, Any]:
-    """{moment: None or {text, latex, whole, terms, ranges, series}}: each verified form, its programs, where it is
+    """{moment: None or {text, latex, whole, ranges, series}}: each verified form, its program, where it is
     used, and its small-q series (None if it has none; else coefficients as a list of floats, in_q, q_max, tail)."""
     out = {}
     for moment in _MOMENTS:
         form, program = forms.get(moment), programs.get(moment)
         found = (series or {}).get(moment)
         out[moment] = None if form is None or program is None else {
-            "text": form.text, "latex": form.latex, "whole": program[0].to_ops(), "terms": program[1].to_ops(),
+            "text": form.text, "latex": form.latex, "whole": program[0].to_ops(),
             "ranges": [list(span) for span in ranges.get(moment, ())],
             "series": None if found is None else found.to_data()}
     return out
@@ -122,8 +122,8 @@ def load_closed(stored_forms: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
         if stored is not None and stored.get("series") is not None:
             series[moment] = SmallQSeries.from_data(stored["series"])
         forms[moment] = None if stored is None else ClosedForm(moment, stored["text"], stored["latex"])
-        programs[moment] = None if stored is None else tuple(
-            Program.from_ops(stored[part]["ops"], stored[part]["outputs"]) for part in ("whole", "terms"))
+        programs[moment] = None if stored is None else (
+            Program.from_ops(stored["whole"]["ops"], stored["whole"]["outputs"]), None)
         ranges[moment] = () if stored is None else tuple((float(lo), float(hi)) for lo, hi in stored["ranges"])
     return forms, programs, ranges, series
 

@@ -65,7 +65,7 @@ class ClosedPart(NamedTuple):
     """The verified closed forms of one activation, ready to evaluate."""
 
     forms: Mapping[str, Any]  # moment -> ClosedForm or None
-    programs: Mapping[str, Any]  # moment -> (whole, terms) programs or None
+    programs: Mapping[str, Any]  # moment -> (whole program, None) or None (verify.programs)
     preferred: frozenset  # moments whose form won arbitration against quadrature
     ranges: Mapping[str, tuple]  # moment -> ((lo, hi), ...): the q where the form answers instead of quadrature
     notes: Mapping[str, str] = MappingProxyType({})  # moment -> why a form was rejected, preferred or skipped

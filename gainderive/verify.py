@@ -185,13 +185,13 @@ def _values(act: Activation) -> dict:
 
 
 def programs(act: Activation, moment: str):
-    """(whole, terms) numpy programs of a verified closed form, or None.
+    """(whole, None): the numpy program of a verified closed form, or None.
 
-    ``whole`` evaluates the stable rewrite in one piece (so k e^u - k becomes expm1); ``terms`` evaluates its
-    top-level terms separately, whose magnitudes bound the rounding of the sum.
+    ``whole`` evaluates the stable rewrite in one piece (so k e^u - k becomes expm1); its running error bound
+    (:meth:`~gainderive.evaluate.Program.bounded`) needs nothing else.  The second slot held a program of the
+    top-level terms, which the cruder bound before issue #13 used; it is kept empty so that the pair's callers
+    (``evaluate(*programs(act, moment), q)``) need no change.
     """
-    import sympy as sp
-
     from .closed_form import Q
     from .evaluate import Program
     from .gaussian_rules import stable
@@ -200,7 +200,7 @@ def programs(act: Activation, moment: str):
     if form is None:
         return None
     expr = stable(form.expression.subs(_values(act)))
-    return Program([expr], [Q]), Program(list(sp.Add.make_args(expr)), [Q])
+    return Program([expr], [Q]), None
 
 
 def _mp_value(form: ClosedForm, values: dict, q: float, dps: int = 30):
