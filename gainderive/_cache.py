@@ -98,7 +98,7 @@ def closed_entry(forms: dict, programs: dict, ranges: dict, series: dict | None 
         form, program = forms.get(moment), programs.get(moment)
         found = (series or {}).get(moment)
         out[moment] = None if form is None or program is None else {
-            "text": form.text, "latex": form.latex, "whole": program[0].to_ops(),
+            "text": form.text, "latex": form.latex, "whole": program.to_ops(),
             "ranges": [list(span) for span in ranges.get(moment, ())],
             "series": None if found is None else found.to_data()}
     return out
@@ -122,8 +122,8 @@ def load_closed(stored_forms: dict[str, Any]) -> tuple[dict, dict, dict, dict]:
         if stored is not None and stored.get("series") is not None:
             series[moment] = SmallQSeries.from_data(stored["series"])
         forms[moment] = None if stored is None else ClosedForm(moment, stored["text"], stored["latex"])
-        programs[moment] = None if stored is None else (
-            Program.from_ops(stored["whole"]["ops"], stored["whole"]["outputs"]), None)
+        programs[moment] = None if stored is None else Program.from_ops(stored["whole"]["ops"],
+                                                                         stored["whole"]["outputs"])
         ranges[moment] = () if stored is None else tuple((float(lo), float(hi)) for lo, hi in stored["ranges"])
     return forms, programs, ranges, series
 
@@ -140,7 +140,7 @@ def build() -> dict[str, Any]:
         functions, c = moment_functions(act)
         forms = verified_forms(act)
         compiled = {moment: programs(act, moment) for moment in _MOMENTS}
-        ranges = {moment: decide_ranges(*compiled[moment], preferred=False) for moment in _MOMENTS
+        ranges = {moment: decide_ranges(compiled[moment], preferred=False) for moment in _MOMENTS
                   if compiled[moment] is not None}
         entries[name] = {"closed_forms": closed_entry(forms, compiled, ranges, small_q_series(act, ranges)),
                          **integrand_entry(integrand(act, functions), c)}

@@ -74,27 +74,25 @@ class Verdict:
     reason: str = ""
 
 
-def evaluate(whole: Program, terms: Program | None, q: Any, *, rescue: bool = True) -> tuple[Any, Any]:
-    """(value, error bound) of a closed form at q, from its numpy program ``whole`` (the stable rewrite).
+def evaluate(program: Program, q: Any, *, rescue: bool = True) -> tuple[Any, Any]:
+    """(value, error bound) of a closed form at q, from its numpy program (the stable rewrite, in one piece).
 
     The bound is a running rounding-error bound (:meth:`~gainderive.evaluate.Program.bounded`, Higham 2002,
     sec. 3.3): each operation's own rounding -- half an ulp for +, *, /, sqrt, 4 ulp for library functions, more
     where a function squares its argument inside -- plus its arguments' errors times its condition, so that
     rounding amplified by exp(u), by asin near 1 or by cancellation in a sum is counted.  Against 40-digit
     references it holds from q = 1e-8 to 1e8 and is 2-25 times the worst actual error at ordinary q
-    (tests/test_closed_form_evaluation.py).  ``terms`` (the form's top-level terms, which the cruder bound before
-    used) is not needed and is ignored.
+    (tests/test_closed_form_evaluation.py).
 
     A Python float (or 0-d array, or numpy scalar) q takes the scalar path (``math``, a few microseconds) and
     returns numpy float64 scalars; an array q returns arrays of its shape.  ``rescue=False`` leaves a value that
     is not finite in double precision so (bar inf), instead of pinning it in interval arithmetic (~1 ms a point).
     """
-    del terms
     if type(q) is float or isinstance(q, np.floating) or (isinstance(q, np.ndarray) and q.ndim == 0):
-        found = whole.bounded_scalar(float(q))
+        found = program.bounded_scalar(float(q))
         if found is not None:
             return np.float64(found[0][0]), np.float64(found[1][0])
-    values, bounds = whole.bounded(np.asarray(q, dtype=float), rescue=rescue)
+    values, bounds = program.bounded(np.asarray(q, dtype=float), rescue=rescue)
     return values[0], bounds[0]
 
 
@@ -105,13 +103,13 @@ def _fused(programs: tuple[Program, ...]) -> Program:
     return Program.fuse(programs)
 
 
-def evaluate_many(forms: Sequence[tuple[Program, Program | None]], q: Any) -> list[tuple[Any, Any]]:
+def evaluate_many(programs: Sequence[Program], q: Any) -> list[tuple[Any, Any]]:
     """[(value, error bound)] of several closed forms at the same q, as :func:`evaluate` gives each.
 
-    ``forms`` are (whole, terms) pairs; their programs are fused once (cached), so a subexpression they share --
-    e^{q/2} Phi(-sqrt q) in ELU's mean, second moment and variance -- is computed once.
+    Their programs are fused once (cached), so a subexpression they share -- e^{q/2} Phi(-sqrt q) in ELU's mean,
+    second moment and variance -- is computed once.
     """
-    fused = _fused(tuple(whole for whole, _ in forms))
+    fused = _fused(tuple(programs))
     if type(q) is float or isinstance(q, np.floating) or (isinstance(q, np.ndarray) and q.ndim == 0):
         found = fused.bounded_scalar(float(q))
         if found is not None:

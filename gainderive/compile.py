@@ -65,7 +65,7 @@ class ClosedPart(NamedTuple):
     """The verified closed forms of one activation, ready to evaluate."""
 
     forms: Mapping[str, Any]  # moment -> ClosedForm or None
-    programs: Mapping[str, Any]  # moment -> (whole program, None) or None (verify.programs)
+    programs: Mapping[str, Any]  # moment -> its numpy Program, or None (verify.programs)
     preferred: frozenset  # moments whose form won arbitration against quadrature
     ranges: Mapping[str, tuple]  # moment -> ((lo, hi), ...): the q where the form answers instead of quadrature
     notes: Mapping[str, str] = MappingProxyType({})  # moment -> why a form was rejected, preferred or skipped
@@ -354,7 +354,7 @@ def _closed_part(prepared: Prepared) -> ClosedPart:
 
 
 def _derive_closed_part(act: Activation) -> ClosedPart:
-    """The verified closed forms of ``act``, their (whole, terms) programs, which are preferred, where each is used.
+    """The verified closed forms of ``act``, their programs, which are preferred, where each is used.
 
     From the registry cache when ``act`` came from it (no sympy), else derived and verified
     (:func:`gainderive.verify.verdicts`), compiled, and their q-ranges decided
@@ -371,7 +371,7 @@ def _derive_closed_part(act: Activation) -> ClosedPart:
     forms = {name: v.form if v.status in ("verified", "preferred") else None for name, v in found.items()}
     preferred = frozenset(name for name, v in found.items() if v.status == "preferred")
     programs = {name: compile_form(act, name) for name in MOMENTS}
-    ranges = {name: decide_ranges(*programs[name], preferred=name in preferred) for name in MOMENTS
+    ranges = {name: decide_ranges(programs[name], preferred=name in preferred) for name in MOMENTS
               if programs[name] is not None}
     notes = {name: v.reason for name, v in found.items() if v.status in ("rejected", "preferred", "skipped")}
     series = small_q_series(act, ranges)

@@ -185,12 +185,10 @@ def _values(act: Activation) -> dict:
 
 
 def programs(act: Activation, moment: str):
-    """(whole, None): the numpy program of a verified closed form, or None.
+    """The numpy program of a verified closed form, or None.
 
-    ``whole`` evaluates the stable rewrite in one piece (so k e^u - k becomes expm1); its running error bound
-    (:meth:`~gainderive.evaluate.Program.bounded`) needs nothing else.  The second slot held a program of the
-    top-level terms, which the cruder bound before issue #13 used; it is kept empty so that the pair's callers
-    (``evaluate(*programs(act, moment), q)``) need no change.
+    It evaluates the stable rewrite in one piece (so k e^u - k becomes expm1); its running error bound
+    (:meth:`~gainderive.evaluate.Program.bounded`) needs nothing else.
     """
     from .closed_form import Q
     from .evaluate import Program
@@ -200,7 +198,7 @@ def programs(act: Activation, moment: str):
     if form is None:
         return None
     expr = stable(form.expression.subs(_values(act)))
-    return Program([expr], [Q]), None
+    return Program([expr], [Q])
 
 
 def _mp_value(form: ClosedForm, values: dict, q: float, dps: int = 30):
@@ -375,7 +373,7 @@ def _high_precision_reference(act: Activation, name: str, q: float):
         return est.value, est.error
 
 
-def decide_ranges(whole, terms, *, preferred: bool) -> tuple[tuple[float, float], ...]:
+def decide_ranges(program, *, preferred: bool) -> tuple[tuple[float, float], ...]:
     """The q-intervals [lo, hi] where a verified form answers instead of quadrature, decided once, as data.
 
     The form's programs are evaluated on :data:`RANGE_GRID` (8 q per decade from 1e-307 to 1e308); a grid point
@@ -389,7 +387,7 @@ def decide_ranges(whole, terms, *, preferred: bool) -> tuple[tuple[float, float]
     from .closed_form import evaluate
 
     with np.errstate(all="ignore"):  # a form overflows at the top of the double range: not covered there
-        value, error = evaluate(whole, terms, RANGE_GRID, rescue=False)
+        value, error = evaluate(program, RANGE_GRID, rescue=False)
         covered = np.isfinite(value) & np.isfinite(error)
         if not preferred:
             covered &= error <= RANGE_RTOL * np.abs(value)

@@ -80,7 +80,7 @@ def test_float64_evaluation_within_1e_12(name):
     q = np.array([float(r["q"]) for r in records])
     act = gd.activation(name)
     for moment in ("mean", "second_moment", "derivative_second_moment"):
-        value, error = evaluate(*verify.programs(act, moment), q)
+        value, error = evaluate(verify.programs(act, moment), q)
         exact = np.array([float(mp.mpf(r[moment])) for r in records])
         scale = np.sqrt([float(mp.mpf(r["second_moment"])) for r in records]) if moment == "mean" else np.abs(exact)
         assert np.all(np.abs(value - exact) <= 1e-12 * scale), (moment, np.max(np.abs(value - exact) / scale))
@@ -151,7 +151,7 @@ def test_float64_forms_on_a_dense_grid_agree_with_quadrature(name):
     act = gd.activation(name)
     quad = gd.moments(name, q, "quadrature")
     for moment in MOMENTS:
-        value, _ = evaluate(*verify.programs(act, moment), q)
+        value, _ = evaluate(verify.programs(act, moment), q)
         reference = getattr(quad, moment).value
         scale = np.sqrt(quad.second_moment.value) if moment == "mean" else np.abs(reference)
         assert np.all(np.isfinite(value)), moment

@@ -236,7 +236,7 @@ def test_a_q_where_a_form_is_not_accurate_enough_still_gets_quadrature(monkeypat
     qs = np.logspace(-3, 3, 13)
     # the mean form's own error bar decides: at which q is it above 1e-13 |E f|?
     programs = moments_module._closed_part(moments_module._prepare("elu", "auto", {}))[1]
-    value, error = evaluate(*programs["mean"], qs)
+    value, error = evaluate(programs["mean"], qs)
     loose = qs[error > 1e-13 * np.abs(value)]
     assert loose.size, "the ELU mean form is accurate to 1e-13 everywhere: pick another activation for this test"
     q = float(loose[len(loose) // 2])
@@ -336,5 +336,5 @@ def test_the_decided_ranges_are_data_where_each_form_met_the_tolerance():
         spans = closed.ranges[name]
         assert spans and all(isinstance(lo, float) and isinstance(hi, float) and lo <= hi for lo, hi in spans)
         ends = np.array([q for span in spans for q in span])
-        value, error = evaluate(*closed.programs[name], ends)
+        value, error = evaluate(closed.programs[name], ends)
         assert np.all(np.isfinite(value)) and np.all(error <= 1e-13 * np.abs(value)), name
