@@ -23,7 +23,17 @@ if TYPE_CHECKING:
 
     from .evaluate import Program
 
-__all__ = ["ClosedForm", "SmallQSeries", "Verdict", "evaluate", "evaluate_many", "evaluate_series"]
+__all__ = [
+    "BinnedForms",
+    "ClosedForm",
+    "SmallQSeries",
+    "Verdict",
+    "bin_bars",
+    "bin_index",
+    "evaluate",
+    "evaluate_many",
+    "evaluate_series",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -118,6 +128,145 @@ def evaluate_many(programs: Sequence[Program], q: Any) -> list[tuple[Any, Any]]:
     return list(zip(values, bounds))
 
 
+# -- bars by bin of q: a grid's error bars looked up, not recomputed per q ---------------------------------------------
+#: A bin is 2^-BIN_BITS of an octave, read off a double's bits: q = 2^e (1 + m), m in [k/8, (k+1)/8), k = 0..7.
+BIN_BITS = 3
+#: Index of the bin of the smallest normal double (a grid holds normal q only: gainderive.moments.check_variance).
+_FIRST_BIN = 1 << BIN_BITS
+#: Bins: every normal double's.
+BINS = 2046 << BIN_BITS
+#: Samples per bin at which the running bound is evaluated (5 with both ends: steps of at most 3 % in q).
+BIN_SAMPLES = 4
+#: The factor on a bin's largest sampled relative bound (the bound moves by at most BIN_STEP between samples).
+BIN_SAFETY = 2.0
+#: A bin whose relative bound changes by more than this factor from one sample to the next (a value approaching
+#: 0, a branch of the formula switching) is not tabulated: its q get the running bound itself.
+BIN_STEP = 1.25
+#: q per chunk of the plain evaluation (every intermediate of a chunk stays in cache).
+BIN_CHUNK = 16384
+
+
+def bin_index(q: np.ndarray) -> np.ndarray:
+    """Index of each q's bin in :func:`bin_bars`' columns (q a float64 array of normal positive doubles)."""
+    index = q.view(np.int64) >> (52 - BIN_BITS)
+    index -= _FIRST_BIN
+    return index
+
+
+def _bin_edges(bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first q, first q of the next bin) of each bin: the doubles whose bits are the bin's, then zeros."""
+    first = ((bins + _FIRST_BIN) << (52 - BIN_BITS)).astype(np.int64).view(np.float64)
+    after = ((bins + _FIRST_BIN + 1) << (52 - BIN_BITS)).astype(np.int64).view(np.float64)
+    return first, np.minimum(after, np.finfo(float).max)  # (the last bin ends at the largest double)
+
+
+class _BinBars:
+    """The table of :func:`bin_bars` for one program, its columns filled for the bins asked for."""
+
+    def __init__(self, program: Program, outputs: int) -> None:
+        self.program = program
+        self.table = np.full((outputs, BINS), np.nan)
+        self.done = np.zeros(BINS, dtype=bool)
+
+    def covering(self, first: int, last: int) -> np.ndarray:
+        if not self.done[first:last + 1].all():
+            todo = first + np.flatnonzero(~self.done[first:last + 1])
+            self.table[:, todo] = _sampled_bars(self.program, todo)
+            self.done[todo] = True
+        return self.table
+
+
+def _sampled_bars(program: Program, bins: np.ndarray) -> np.ndarray:
+    """(outputs, len(bins)): the relative bars of the given bins (:func:`bin_bars`)."""
+    lo, hi = _bin_edges(bins)
+    with np.errstate(all="ignore"):
+        q = np.exp(np.log(lo)[:, None] + np.log(hi / lo)[:, None] * (np.arange(BIN_SAMPLES + 1) / BIN_SAMPLES))
+        q[:, 0], q[:, -1] = lo, hi  # the ends exactly
+        values, bounds = program.bounded(q.ravel(), rescue=False)
+        table = np.empty((len(values), bins.size))
+        for k, (value, bound) in enumerate(zip(values, bounds)):
+            value, bound = value.reshape(q.shape), bound.reshape(q.shape)
+            relative = bound / np.abs(value)
+            smooth = np.all(np.isfinite(value) & (value != 0) & np.isfinite(relative), axis=1)
+            smooth &= np.all(np.sign(value) == np.sign(value[:, :1]), axis=1)
+            # (as products: an exact constant has bound 0 at every sample, and its entry is 0)
+            after, before = relative[:, 1:], relative[:, :-1]
+            smooth &= np.all((after <= BIN_STEP * before) & (before <= BIN_STEP * after), axis=1)
+            table[k] = np.where(smooth, BIN_SAFETY * np.max(relative, axis=1), np.nan)
+    return table
+
+
+@functools.lru_cache(maxsize=256)
+def _bin_bars(program: Program) -> _BinBars:
+    return _BinBars(program, len(program.outputs))
+
+
+def bin_bars(program: Program, first: int = 0, last: int = BINS - 1) -> np.ndarray:
+    """(outputs, BINS) relative error bars of a closed form's program by bin of q, each bin decided once.
+
+    Columns ``first`` to ``last`` are decided (on first use; the others may still be nan).  A bin is an eighth
+    of an octave (:func:`bin_index`).  The running error bound of :meth:`~gainderive.evaluate.Program.bounded`
+    (Higham 2002, sec. 3.3) is evaluated at BIN_SAMPLES + 1 log-spaced q spanning the bin, ends included, and
+    the entry is BIN_SAFETY times the largest bound / |value| there.  Where the value stays away from 0 a form's
+    relative rounding bound is a smooth function of q, and the entry is kept only where it moves by at most
+    BIN_STEP between neighbouring samples, so twice the sampled largest bounds it between the samples too.
+    Elsewhere the entry is nan and each q takes the running bound: a value not finite or 0, a change of sign,
+    or a larger step.
+    """
+    return _bin_bars(program).covering(first, last)
+
+
+class BinnedForms:
+    """Several closed forms evaluated at chunks of a grid of q, their bars looked up by bin of q.
+
+    The forms' fused program runs without its error arithmetic (a third of the passes of :func:`evaluate_many`);
+    each bar is |value| times its bin's relative bar (:func:`bin_bars`, for the bins ``first`` to ``last``).
+    :func:`evaluate_many` decides the q where that is not finite -- a bin whose bar is not tabulated, a value not
+    finite in double precision (the running bound, and the interval rescue of a value that overflows in the
+    middle) -- and, for output k, those whose tabulated bar exceeds ``rtol[k]`` |value| (the running bound is the
+    tighter: near the end of a form's range it may still meet the tolerance).  Call it on chunks of at most
+    BIN_CHUNK q, so that every intermediate stays in cache.
+    """
+
+    def __init__(self, programs: Sequence[Program], first: int, last: int,
+                 rtol: Sequence[float | None] | None = None) -> None:
+        self.programs = tuple(programs)
+        self.rtol = tuple(rtol) if rtol is not None else (None,) * len(self.programs)
+        self.fused = _fused(self.programs)
+        table = bin_bars(self.fused, first, last)
+        if rtol is not None:
+            with np.errstate(invalid="ignore"):
+                table = np.stack([row if tol is None else np.where(row <= tol, row, np.nan)
+                                  for row, tol in zip(table, rtol)])
+        self.table = table
+
+    def __call__(self, q: np.ndarray, index: np.ndarray, out: Sequence[tuple[np.ndarray, np.ndarray]]) -> list:
+        """Write (value, error) of form k at q (1-d, bins ``index``) into out[k] (arrays of q's length).
+
+        Returns, per form, where its bar is finite and within its ``rtol`` |value| (a tabulated bar is, by
+        construction: its bin's entry is at most rtol).
+        """
+        retry = None
+        within = []
+        with np.errstate(all="ignore"):
+            for (value, error), found, row in zip(out, self.fused(q), self.table):
+                value[...] = found
+                np.multiply(np.abs(found), row.take(index), out=error)
+                ok = np.isfinite(error)
+                within.append(ok)
+                if not ok.all():
+                    retry = ~ok if retry is None else retry | ~ok
+            if retry is not None:
+                at = np.flatnonzero(retry)
+                for (value, error), ok, (v, e), tol in zip(out, within, evaluate_many(self.programs, q[at]),
+                                                           self.rtol):
+                    need = ~ok[at]  # (an output whose tabulated bar held keeps it)
+                    v, e, where = v[need], e[need], at[need]
+                    value[where], error[where] = v, e
+                    ok[where] = np.isfinite(e) & np.isfinite(v) & (True if tol is None else e <= tol * np.abs(v))
+        return within
+
+
 _UNIT_ROUNDOFF = 2.0**-53
 _SMALLEST_SUBNORMAL = 2.0**-1074
 
@@ -164,11 +313,14 @@ def series_magnitude(coefficients: Sequence[float], in_q: bool, q_max: Any) -> t
 
 
 @functools.lru_cache(maxsize=256)
-def _series_constants(series: SmallQSeries) -> tuple[int, float, int, float, float]:
-    """(j, relative * K, n + 1, tail, floor) of :func:`evaluate_series`' bar, computed once per series."""
+def _series_constants(series: SmallQSeries) -> tuple[int, float, float]:
+    """(j, C, floor) of :func:`evaluate_series`' bar C x^j + floor, computed once per series."""
     n = len(series.coefficients) - 1
     j, magnitude = series_magnitude(series.coefficients, series.in_q, series.q_max)
-    return j, _series_relative(n) * float(magnitude), n + 1, series.tail, (2 * n + 2) * _SMALLEST_SUBNORMAL
+    x_max = series.q_max if series.in_q else math.sqrt(series.q_max)
+    # the truncation tail x^(n+1) <= tail x_max^(n+1-j) x^j for x <= x_max: one power of x in the bar, not two
+    bound = _series_relative(n) * float(magnitude) + series.tail * x_max ** (n + 1 - j)
+    return j, bound * (1 + 1e-12), (2 * n + 2) * _SMALLEST_SUBNORMAL  # (1e-12: the rounding of this sum)
 
 
 def _series_relative(n: int) -> float:
@@ -193,35 +345,39 @@ def _power(x: np.ndarray, k: int) -> np.ndarray:
 def evaluate_series(series: SmallQSeries, q: Any, x: Any = None) -> tuple[Any, Any]:
     r"""(value, error bound) of a small-q series at q <= series.q_max: Horner's rule in x = q or sqrt(q).
 
-    The bound adds (Higham 2002, sec. 5.1, with u = 2^-53 and n the degree): Horner's rounding, gamma_{2n}
-    sum |a_k| x^k; each coefficient's own rounding to float64, u sum |a_k| x^k; the rounding of x = sqrt(q),
-    which moves a_k x^k by at most k u |a_k| x^k; these together at most (3n + 3) u sum |a_k| x^k, with a 3%
-    margin for gamma's denominator and the rounding of the bound itself, and sum |a_k| x^k <= K x^j
-    (:func:`series_magnitude`); the truncation, tail * x^(n+1); and (2n + 2) times the smallest subnormal, for
-    rounding below the normal range.  A Python float q returns Python floats; an array q returns arrays (``x``:
-    sqrt(q) if the caller has it already).
+    With a_j the lowest nonzero coefficient, the value is x^j times the Horner sum of a_j..a_n.  The bound adds
+    (Higham 2002, sec. 5.1, with u = 2^-53 and n the degree): Horner's rounding and that of the product by x^j,
+    gamma_{2n} sum |a_k| x^k; each coefficient's own rounding to float64, u sum |a_k| x^k; the rounding of
+    x = sqrt(q), which moves a_k x^k by at most k u |a_k| x^k; these together at most (3n + 3) u sum |a_k| x^k,
+    with a 3% margin for gamma's denominator and the rounding of the bound itself, and sum |a_k| x^k <= K x^j
+    (:func:`series_magnitude`); the truncation, tail * x^(n+1) <= tail * x_max^(n+1-j) x^j; and (2n + 2) times
+    the smallest subnormal, for rounding below the normal range.  A Python float q returns Python floats; an
+    array q returns arrays (``x``: sqrt(q) if the caller has it already).
     """
-    coefficients = series.coefficients
-    j, scaled, top, tail, floor = _series_constants(series)
+    j, bound, floor = _series_constants(series)
+    top = series.coefficients[j:]
     if type(q) is float:
         x = q if series.in_q else math.sqrt(q)
         value = 0.0
-        for a in reversed(coefficients):
+        for a in reversed(top):
             value = value * x + a
-        return value, scaled * x**j + tail * x**top + floor
+        power = x**j
+        return value * power, bound * power + floor
+    q = np.asarray(q, dtype=float)
     if x is None:
-        x = np.asarray(q, dtype=float)
-        if not series.in_q:
-            x = np.sqrt(x)
-    value = np.full(x.shape, coefficients[-1])
-    for a in reversed(coefficients[:-1]):
-        value *= x
-        value += a
-    error = _power(x, top)
-    error *= tail
-    if j:
-        error += scaled * _power(x, j)
+        x = q if series.in_q else np.sqrt(q)
+    if len(top) == 1:
+        value = np.full(x.shape, top[0])
     else:
-        error += scaled
+        value = x * top[-1]
+        value += top[-2]
+        for a in reversed(top[:-2]):
+            value *= x
+            value += a
+    if j == 0:
+        return value, np.full(x.shape, bound + floor)
+    power = q if (j == 2 and not series.in_q) or (j == 1 and series.in_q) else _power(x, j)
+    value *= power
+    error = power * bound
     error += floor
     return value, error

@@ -60,6 +60,23 @@ def _special():
 
 def _scaled_phi(c, b):
     """e^{c + b^2/2} Phi(b) without overflow or underflow: erfcx carries the Gaussian tail for b < 0."""
+    if np.ndim(c) == 0 and np.ndim(b) != 0:  # a constant c (0 in every registry form): e^c once, not per element
+        b = np.asarray(b, dtype=float)
+        scale = math.exp(float(c)) if float(c) < 709.0 else np.exp(np.float64(c))
+        negative = b < 0
+        with np.errstate(over="ignore", invalid="ignore"):
+            if negative.all():
+                out = _special().erfcx(b / _MINUS_SQRT_2)
+                out *= 0.5 * scale
+                return out
+            head = np.exp(0.5 * b * b)
+            head *= _special().ndtr(b)
+            head *= scale
+            if not negative.any():
+                return head
+            tail = _special().erfcx(b / _MINUS_SQRT_2)
+            tail *= 0.5 * scale
+        return np.where(negative, tail, head)
     c, b = np.broadcast_arrays(np.asarray(c, dtype=float), np.asarray(b, dtype=float))
     negative = b < 0
     with np.errstate(over="ignore", invalid="ignore"):
@@ -70,6 +87,9 @@ def _scaled_phi(c, b):
         tail = np.exp(c) * 0.5 * _special().erfcx(-b / np.sqrt(2.0))
         head = np.exp(c + 0.5 * b * b) * _special().ndtr(b)
     return np.where(negative, tail, head)
+
+
+_MINUS_SQRT_2 = -math.sqrt(2.0)  # -b / sqrt(2) exactly as the general branch rounds it
 
 
 def _np_select(*args):

@@ -348,67 +348,126 @@ def _computed(prepared: Prepared, q: Any, method: str, options: dict, rtol: floa
                      digits=options.get("digits"))
     if method in ("auto", "closed_form"):
         closed = _closed_part(prepared)
-        result = _merge_closed_forms(result, rtol or DEFAULT_RTOL, closed, _evaluated(closed, q))
+        rtol = rtol or DEFAULT_RTOL
+        result = _merge_closed_forms(result, rtol, closed, _evaluated(closed, q, rtol))
         if np.any(np.isinf(np.asarray(derivative.value, dtype=float))):  # a closed form never replaces an infinity
             result = replace(result, derivative_second_moment=derivative)
     return result
 
 
-def _evaluated(closed: ClosedPart, q: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _evaluated(closed: ClosedPart, q: Any, rtol: float | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{moment: (value, error)} of each verified form at q, the forms fused into one program (shared terms once).
 
-    :func:`gainderive.closed_form.evaluate_many`: ELU's e^{q/2} Phi(-sqrt q) appears in three of its forms.
+    :func:`gainderive.closed_form.evaluate_many`: ELU's e^{q/2} Phi(-sqrt q) appears in three of its forms.  A
+    grid (a 1-d array) takes :func:`_evaluated_grid`, with ``rtol`` the tolerance the forms must meet there.
     """
     from .closed_form import evaluate_many
 
     names = [name for name, program in closed.programs.items() if program is not None]
     if not names:
         return {}
-    series = closed.series
-    if series and np.ndim(q) == 1 and all(name in series for name in names):
-        # below the shortest series' q_max Horner's rule answers every moment: the forms run only above it
-        cut = min(series[name].q_max for name in names)
-        above = q > cut
-        if not above.all():
-            return _series_below(closed, names, q, above)
+    if isinstance(q, np.ndarray) and q.ndim == 1:
+        return _evaluated_grid(closed, names, q, rtol or DEFAULT_RTOL)[0]
     evaluated = dict(zip(names, evaluate_many([closed.programs[name] for name in names], q)))
-    for name, found in series.items():
+    for name, found in closed.series.items():
         if name in evaluated:
             evaluated[name] = _with_series(found, q, *evaluated[name])
     return evaluated
 
 
-def _series_below(closed: ClosedPart, names: list, q: np.ndarray, above: np.ndarray) -> dict:
-    """:func:`_evaluated` with the forms evaluated only at q[above] (q above the shortest series' q_max), and
-    every moment's series at the q below it (and at those above it up to its own q_max)."""
-    from .closed_form import evaluate_many, evaluate_series
+def _evaluated_grid(closed: ClosedPart, names: list, q: np.ndarray, rtol: float) -> tuple[dict, dict]:
+    """({moment: (value, error)}, {moment: covered}) of the verified forms on a grid of q, chunk by chunk.
 
+    The bars are looked up by bin of q (:class:`gainderive.closed_form.BinnedForms`; where one exceeds rtol
+    |value| the running bound, tighter, decides: not for a preferred form).  A form that cancels at small q (its
+    decided range starts above the bottom of the double range: ELU's mean) is replaced by its small-q series
+    (:func:`gainderive.closed_form.evaluate_series`) up to the series' q_max; the forms are evaluated only
+    where some moment needs one: above the shortest such series' q_max all of them, below it only those that
+    do not cancel.  ``covered`` is :func:`_covered`.  Each chunk of q is evaluated, bounded and checked while in
+    cache: at 1e6 q a pass over a whole array costs more than the arithmetic.
+    """
+    from .closed_form import BIN_CHUNK, BinnedForms, bin_index, evaluate_series
+
+    size = q.size
+    index = bin_index(q)
+    first, last = int(index.min()), int(index.max())
+    series = {name: closed.series[name] for name in names if name in closed.series
+              and not _reaches_bottom(closed.ranges.get(name, ()))}
+    cut = min((found.q_max for found in series.values()), default=0.0)
+    rest = [name for name in names if name not in series]
+
+    def forms(wanted: list) -> BinnedForms | None:
+        tolerances = [None if name in closed.preferred else rtol for name in wanted]
+        return BinnedForms([closed.programs[name] for name in wanted], first, last, tolerances) if wanted else None
+
+    every, below_cut = forms(names), forms(rest) if series else None
+    values = {name: np.empty(size) for name in names}
+    errors = {name: np.empty(size) for name in names}
+    covered = {name: np.empty(size, dtype=bool) for name in names}
+    spans = {name: _spans(closed, name) for name in names}
+    for start in range(0, size, BIN_CHUNK):
+        part = slice(start, start + BIN_CHUNK)
+        qc, ic = q[part], index[part]
+        within = {name: covered[name][part] for name in names}  # within the tolerance: then inside the ranges
+        if series:
+            low, high = _split(qc, cut)
+            _run_forms(every, qc, ic, [(values[name][part], errors[name][part]) for name in names],
+                       [within[name] for name in names], high)
+            if below_cut is not None:
+                _run_forms(below_cut, qc, ic, [(values[name][part], errors[name][part]) for name in rest],
+                           [within[name] for name in rest], low)
+            for name, found in series.items():
+                below, _ = _split(qc, found.q_max)
+                v, e = evaluate_series(found, qc[below])
+                values[name][part][below], errors[name][part][below] = v, e
+                within[name][below] = np.isfinite(e) & (True if name in closed.preferred else e <= rtol * np.abs(v))
+        else:
+            for name, ok in zip(names, every(qc, ic, [(values[name][part], errors[name][part]) for name in names])):
+                within[name][...] = ok
+        lo, hi = float(qc.min()), float(qc.max())
+        for name in names:
+            if rtol > _RANGE_RTOL and name not in closed.preferred:
+                continue  # a looser tolerance than the ranges were decided at: the bar alone decides
+            if not any(a <= lo and hi <= b for a, b in spans[name]):  # the chunk is not inside one range
+                within[name] &= _inside(qc, spans[name])
+    return {name: (values[name], errors[name]) for name in names}, covered
+
+
+def _inside(q: np.ndarray, spans: tuple) -> np.ndarray:
+    """Where q lies in one of the closed intervals ``spans``."""
+    inside = np.zeros(q.shape, dtype=bool)
+    for lo, hi in spans:
+        inside |= (q >= lo) & (q <= hi)
+    return inside
+
+
+def _run_forms(forms: Any, q: np.ndarray, index: np.ndarray, targets: list, within: list, at: Any) -> None:
+    """``forms`` (a BinnedForms) at q[at], written into each (value, error) of ``targets`` and ``within``."""
+    if isinstance(at, slice):
+        if at.stop > at.start:
+            for ok, found in zip(within, forms(q[at], index[at], [(value[at], error[at]) for value, error in targets])):
+                ok[at] = found
+        return
+    if at.size:
+        found = [(np.empty(at.size), np.empty(at.size)) for _ in targets]
+        for ok, good in zip(within, forms(q[at], index[at], found)):
+            ok[at] = good
+        for (value, error), (v, e) in zip(targets, found):
+            value[at], error[at] = v, e
+
+
+def _reaches_bottom(spans: tuple) -> bool:
+    """Whether a form's decided q-ranges reach down to the smallest q a grid may hold (no series needed there)."""
+    return bool(spans) and spans[0][0] <= _RANGE_BOTTOM
+
+
+def _split(q: np.ndarray, cut: float) -> tuple[Any, Any]:
+    """(q <= cut, q > cut) as indices: slices when every q <= cut comes first (an increasing grid), else arrays."""
+    above = q > cut
     count = q.size - int(np.count_nonzero(above))
-    if not above[:count].any():  # an increasing grid: the q below the cut come first, indexed by slices
-        low, at = slice(0, count), slice(count, q.size)
-    else:
-        low, at = np.flatnonzero(~above), np.flatnonzero(above)
-    found = evaluate_many([closed.programs[name] for name in names], q[at]) if q[at].size else None
-    q_low = q[low]
-    s_low = np.sqrt(q_low)
-    cut = np.max(q_low)
-    out = {}
-    for i, name in enumerate(names):
-        series = closed.series[name]
-        value, error = np.empty(q.shape), np.empty(q.shape)
-        value[low], error[low] = evaluate_series(series, q_low, q_low if series.in_q else s_low)
-        if found is not None:
-            value[at], error[at] = found[i]
-            if series.q_max <= cut:
-                extra = slice(0, 0)
-            elif isinstance(at, slice):  # an increasing grid: the q up to q_max are the slice's first ones
-                extra = slice(at.start, at.start + int(np.searchsorted(q[at], series.q_max, side="right")))
-            else:
-                extra = np.flatnonzero(above & (q <= series.q_max))
-            if q[extra].size:  # above the cut but within this series' own range: the series still answers
-                value[extra], error[extra] = evaluate_series(series, q[extra])
-        out[name] = (value, error)
-    return out
+    if not above[:count].any():
+        return slice(0, count), slice(count, q.size)
+    return np.flatnonzero(~above), np.flatnonzero(above)
 
 
 def _with_series(series: Any, q: Any, value: Any, error: Any) -> tuple[Any, Any]:
@@ -473,6 +532,7 @@ def _covered_scalar(value: Any, error: Any, q: float, spans: tuple, preferred: b
     return any(lo <= q <= hi for lo, hi in spans)
 
 
+_RANGE_BOTTOM = 1e-307  # gainderive.verify.RANGE_GRID[0]: a form whose ranges start there needs no series
 _RANGE_RTOL = 1e-13  # gainderive.verify.RANGE_RTOL (not imported: verify loads sympy's symbolic layer on use)
 
 
@@ -485,14 +545,19 @@ def _closed_forms_first(prepared: Prepared, q: Any, rtol: float, options: dict) 
     """
     act = prepared.activation
     closed = _closed_part(prepared)
-    evaluated = _evaluated(closed, q)
     scalar = type(q) is np.float64  # check_variance returns one q as a float64, several as an array
     preferred = closed.preferred
+    names = [name for name, program in closed.programs.items() if program is not None]
+    if scalar or not names or q.ndim != 1:
+        evaluated = _evaluated(closed, q, rtol)
+    else:
+        evaluated, covered = _evaluated_grid(closed, names, q, rtol)
+        every = all(c.all() for c in covered.values())
     if scalar:
         covered = {name: _covered_scalar(*evaluated[name], q, _spans(closed, name), name in preferred, rtol)
                    for name in evaluated}
         every = all(covered.values())
-    else:
+    elif not names or q.ndim != 1:
         covered = {name: _covered(*evaluated[name], q, _spans(closed, name), name in preferred, rtol)
                    for name in evaluated}
         every = all(np.all(c) for c in covered.values())

@@ -434,8 +434,7 @@ def small_q_series(act: Activation, ranges: dict) -> dict:
 
     A form needs one where its own error bar leaves the smallest q to quadrature (its first decided range,
     ``ranges[moment]``, starts above the bottom of the double range): ELU, CELU and SELU cancel there (GELU's
-    second moment below 1e-205); once one has a series, the activation's other forms get one reaching as far, so
-    that below it Horner's rule answers every moment and the forms need not be evaluated there.  The form
+    second moment below 1e-205); a form that keeps its digits to the bottom gets none.  The form
     (its stable rewrite, with ScaledPhi(0, b) = erfcx(-b/sqrt 2)/2 expanded by that series) is expanded exactly in
     s = sqrt(q) to :data:`SERIES_TERMS` (:func:`_series_coefficients`); the truncation order and q_max are
     chosen (:func:`_fit_series`) so that the bar of :func:`~gainderive.closed_form.evaluate_series` is within
@@ -455,17 +454,9 @@ def small_q_series(act: Activation, ranges: dict) -> dict:
     values = _values(act)
     forms = {moment: form for moment, form in verified_forms(act).items() if form is not None}
     needed = [moment for moment in forms if not (ranges.get(moment) and ranges[moment][0][0] <= RANGE_GRID[0])]
-    # the forms that need no series get one too once some form has one, reaching as far as the shortest: below it
-    # every moment is then answered by Horner's rule alone, and the forms are evaluated only above it
-    rest = [moment for moment in forms if moment not in needed] if needed else []
-    for moment in (*needed, *rest):
+    for moment in needed:
         spans = ranges.get(moment, ())
-        if moment in needed:
-            target = spans[0][0] if spans else math.inf
-        elif out:
-            target = min(series.q_max for series in out.values())
-        else:
-            break
+        target = spans[0][0] if spans else math.inf
         series = None
         try:
             expr = stable(forms[moment].expression.subs(values))

@@ -304,3 +304,74 @@ def test_every_numeric_operation_has_error_rules():
     operations = set(ev._NUMPY) - {"add", "mul"}  # sums and products have rules made per node
     assert operations <= set(ev._ARRAY_RULES)
     assert operations <= set(ev._SCALAR_RULES) | set(ev._SCALAR_UNARY)
+
+
+# -- a grid's bars looked up by bin of q (closed_form.BinnedForms, bin_bars) -------------------------------------------
+def _binned(programs, qs, rtol=None):
+    from gainderive.closed_form import BinnedForms, bin_index
+
+    index = bin_index(qs)
+    out = [(np.empty(qs.size), np.empty(qs.size)) for _ in programs]
+    within = BinnedForms(programs, int(index.min()), int(index.max()), rtol)(qs, index, out)
+    return out, within
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_binned_bars_hold_at_random_q_between_the_samples(forms, name):
+    """The bar of a bin (twice the largest running bound at 5 samples across it) holds between the samples.
+
+    400 q drawn log-uniformly (seeded) from 1e-8 to 1e8, so almost none is a sample point; the test is the
+    module's |value - reference| <= bar + 2 ulp(reference), the reference the hand formula at 40 digits.
+    """
+    qs = np.sort(10.0 ** np.random.default_rng(20261129).uniform(-8, 8, 400))
+    refs = _references(name, qs)
+    for k, (value, error) in enumerate(_binned(forms[name], qs)[0]):
+        assert np.all(np.isfinite(value)) and np.all(np.isfinite(error)), (name, MOMENTS[k])
+        gap = _errors(value, refs[k])
+        bad = gap > error + _ulps(refs[k])
+        assert not bad.any(), (name, MOMENTS[k], qs[bad], gap[bad], error[bad])
+
+
+def test_binned_bars_are_at_least_the_running_bound_and_at_most_a_few_times_it(forms):
+    """Between the samples the bin's bar covers the running bound at that q (the smoothness it relies on), and
+    it is not loose: at most 2 x 1.25^4 (the safety factor and the largest step allowed over a bin's 4 steps)."""
+    qs = np.sort(10.0 ** np.random.default_rng(7).uniform(-6, 6, 2000))
+    for name in NAMES:
+        running = evaluate_many(forms[name], qs)
+        for k, ((_, binned), (_, bound)) in enumerate(zip(_binned(forms[name], qs)[0], running)):
+            tabulated = binned != bound  # (q whose bin is not tabulated carry the running bound itself)
+            assert np.all(binned[tabulated] >= bound[tabulated]), (name, MOMENTS[k])
+            assert np.all(binned <= 2 * 1.25**4 * bound + 1e-300), (name, MOMENTS[k])
+
+
+def test_a_bin_where_the_value_changes_sign_takes_the_running_bound():
+    """q - 1 changes sign at q = 1: the relative bound has a pole there, so that bin is not tabulated (nan) and
+    its q are evaluated with the running bound; the bins around it are tabulated.  An exact constant gets 0."""
+    import sympy as sp
+
+    from gainderive.closed_form import bin_bars, bin_index
+    from gainderive.evaluate import Program
+
+    q = sp.Symbol("q", positive=True)
+    program = Program([q - 1, sp.Integer(1) / 2], [q])
+    at = bin_index(np.array([1.0, 0.999, 1.01, 4.0]))
+    table = bin_bars(program, int(at.min()), int(at.max()))
+    assert np.isnan(table[0, at[0]]) and np.isnan(table[0, at[1]])  # [1, 1.125) and [0.9375, 1) hold or touch 1
+    assert np.isfinite(table[0, at[3]]) and table[0, at[3]] > 0
+    assert np.all(table[1, at] == 0)  # 1/2 is exact
+    qs = np.array([0.999999, 1.0, 1.000001, 4.0])
+    [(value, error)], _ = _binned([program], qs)
+    _, running_bound = evaluate(program, qs)
+    assert np.array_equal(error[:3], running_bound[:3])
+    assert np.all(np.abs(value - (qs - 1)) <= error)  # q - 1 is exact in double arithmetic near 1 (Sterbenz)
+
+
+def test_binned_tolerance_hands_the_edge_of_a_range_to_the_running_bound(forms):
+    """Where a bin's bar exceeds rtol |value| the running bound decides (it is tighter); ``within`` reports it."""
+    qs = np.logspace(-3, 0, 200)
+    (mean, *_), within = _binned(forms["elu"], qs, [1e-13] * 4)
+    _, running_bound = evaluate(forms["elu"][0], qs)
+    loose = ~within[0]
+    assert loose.any() and not loose.all()  # ELU's mean cancels at small q
+    assert np.array_equal(mean[1][loose], running_bound[loose])
+    assert np.all(mean[1][~loose] <= 1e-13 * np.abs(mean[0][~loose]))

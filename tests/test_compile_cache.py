@@ -30,7 +30,7 @@ import gainderive as gd
 from gainderive import verify
 from gainderive.activation import Activation
 from gainderive.backends import quadrature
-from gainderive.closed_form import evaluate, evaluate_many
+from gainderive.closed_form import BinnedForms, bin_index, evaluate, evaluate_many
 from gainderive.registry import REGISTRY
 from gainderive.registry import activation as make_activation
 
@@ -322,10 +322,16 @@ def test_quadrature_runs_only_at_the_q_the_forms_do_not_cover(monkeypatch):
     m = gd.moments("elu", qs)
     assert len(calls) == 1 and np.array_equal(calls[0], qs[loose])
     _assert_within_bars(m, [_hand_elu(v) for v in qs], qs)
-    for name in MOMENTS:  # where a form covers a q, the value is the form's, bit for bit
-        value, error = fused[name]
+    # where a form covers a q, the value is the form's, bit for bit, and the bar its bin's (closed_form.BinnedForms:
+    # a grid's bars are looked up by bin of q, the running bound only where that exceeds the tolerance)
+    index = bin_index(qs)
+    binned = [(np.empty(qs.size), np.empty(qs.size)) for _ in MOMENTS]
+    BinnedForms([closed.programs[name] for name in MOMENTS], int(index.min()), int(index.max()),
+                [1e-13] * len(MOMENTS))(qs, index, binned)
+    for name, (value, error) in zip(MOMENTS, binned):
         est = getattr(m, name)
         assert np.array_equal(est.value[~loose], value[~loose]) and np.array_equal(est.error[~loose], error[~loose])
+        assert np.array_equal(value[~loose], fused[name][0][~loose])
         assert est.method == "closed_form"
 
 
