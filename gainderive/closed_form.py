@@ -161,19 +161,34 @@ def _bin_edges(bins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _BinBars:
-    """The table of :func:`bin_bars` for one program, its columns filled for the bins asked for."""
+    """The table of :func:`bin_bars` for one program, its columns filled for the bins asked for, and the same
+    table with the entries above given tolerances set to nan (kept per tuple of tolerances, filled alike)."""
 
     def __init__(self, program: Program, outputs: int) -> None:
         self.program = program
         self.table = np.full((outputs, BINS), np.nan)
         self.done = np.zeros(BINS, dtype=bool)
+        self.masked: dict[tuple, np.ndarray] = {}
 
-    def covering(self, first: int, last: int) -> np.ndarray:
+    def covering(self, first: int, last: int, tolerances: tuple | None = None) -> np.ndarray:
         if not self.done[first:last + 1].all():
             todo = first + np.flatnonzero(~self.done[first:last + 1])
             self.table[:, todo] = _sampled_bars(self.program, todo)
+            for key, masked in self.masked.items():
+                masked[:, todo] = _masked(self.table[:, todo], key)
             self.done[todo] = True
-        return self.table
+        if tolerances is None or all(tol is None for tol in tolerances):
+            return self.table
+        masked = self.masked.get(tolerances)
+        if masked is None:
+            masked = self.masked[tolerances] = _masked(self.table, tolerances)
+        return masked
+
+
+def _masked(table: np.ndarray, tolerances: tuple) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return np.stack([row if tol is None else np.where(row <= tol, row, np.nan)
+                         for row, tol in zip(table, tolerances)])
 
 
 def _sampled_bars(program: Program, bins: np.ndarray) -> np.ndarray:
@@ -196,15 +211,16 @@ def _sampled_bars(program: Program, bins: np.ndarray) -> np.ndarray:
     return table
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=16)  # 128 kB per output and tolerance: 16 programs of four forms hold about 16 MB
 def _bin_bars(program: Program) -> _BinBars:
     return _BinBars(program, len(program.outputs))
 
 
-def bin_bars(program: Program, first: int = 0, last: int = BINS - 1) -> np.ndarray:
+def bin_bars(program: Program, first: int = 0, last: int = BINS - 1, tolerances: tuple | None = None) -> np.ndarray:
     """(outputs, BINS) relative error bars of a closed form's program by bin of q, each bin decided once.
 
-    Columns ``first`` to ``last`` are decided (on first use; the others may still be nan).  A bin is an eighth
+    Columns ``first`` to ``last`` are decided (on first use; the others may still be nan); with ``tolerances``
+    (one per output, or None), entries above an output's tolerance are nan in what is returned.  A bin is an eighth
     of an octave (:func:`bin_index`).  The running error bound of :meth:`~gainderive.evaluate.Program.bounded`
     (Higham 2002, sec. 3.3) is evaluated at BIN_SAMPLES + 1 log-spaced q spanning the bin, ends included, and
     the entry is BIN_SAFETY times the largest bound / |value| there.  Where the value stays away from 0 a form's
@@ -213,7 +229,7 @@ def bin_bars(program: Program, first: int = 0, last: int = BINS - 1) -> np.ndarr
     Elsewhere the entry is nan and each q takes the running bound: a value not finite or 0, a change of sign,
     or a larger step.
     """
-    return _bin_bars(program).covering(first, last)
+    return _bin_bars(program).covering(first, last, tolerances)
 
 
 class BinnedForms:
@@ -233,12 +249,7 @@ class BinnedForms:
         self.programs = tuple(programs)
         self.rtol = tuple(rtol) if rtol is not None else (None,) * len(self.programs)
         self.fused = _fused(self.programs)
-        table = bin_bars(self.fused, first, last)
-        if rtol is not None:
-            with np.errstate(invalid="ignore"):
-                table = np.stack([row if tol is None else np.where(row <= tol, row, np.nan)
-                                  for row, tol in zip(table, rtol)])
-        self.table = table
+        self.table = bin_bars(self.fused, first, last, self.rtol)
 
     def __call__(self, q: np.ndarray, index: np.ndarray, out: Sequence[tuple[np.ndarray, np.ndarray]]) -> list:
         """Write (value, error) of form k at q (1-d, bins ``index``) into out[k] (arrays of q's length).

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import gainderive as gd
+from gainderive import parity as analysis
 from gainderive.backends import monte_carlo
 from gainderive.evaluate import Program
 from gainderive.formula import X, parse_formula
@@ -26,7 +27,7 @@ REFERENCES = json.loads((pathlib.Path(__file__).parent / "data" / "references.js
 
 
 def parity(formula):
-    return monte_carlo.output_parities(Program([parse_formula(formula)], [X]))[0]
+    return analysis.output_parities(Program([parse_formula(formula)], [X]))[0]
 
 
 # ---------------------------------------------------------------- the abstract interpretation
@@ -35,14 +36,14 @@ def parity(formula):
 @pytest.mark.parametrize("formula", ["x", "tanh(x)", "sin(x)", "x**3", "x/(1 + abs(x))", "erf(x)", "asinh(x)",
                                      "x**(-3)", "x*cos(x)", "sinh(x)*x**2", "atan(x)**3"])
 def test_odd_formulas_are_found_odd(formula):
-    assert parity(formula) == monte_carlo.ODD
+    assert parity(formula) == analysis.ODD
 
 
 @pytest.mark.parametrize("formula", ["abs(x)", "x**2", "cos(x)", "x*tanh(x)", "cosh(x)", "exp(x**2)",
                                      "log1p(x**2)", "sin(x)**2", "sigmoid(x**2)", "where(x**2 > 1, 1, x**2)", "3"])
 def test_even_formulas_are_found_even(formula):
     # any function of even arguments is even, exp / log1p / sigmoid / a condition included
-    assert parity(formula) == monte_carlo.EVEN
+    assert parity(formula) == analysis.EVEN
 
 
 @pytest.mark.parametrize("formula", ["max(x, 0)", "where(x > 0, x, 0)", "x*Phi(x)", "x*sigmoid(x)", "exp(x)",
@@ -58,10 +59,10 @@ def test_registry_programs_have_the_parities_of_their_formulas():
     # by hand: tanh, erf, sin are odd, so f is odd and f^2, f'^2 even; gelu, silu, mish, softplus have none
     for name in ("tanh", "erf", "sin"):
         ig = integrand(activation(name), moment_functions(activation(name))[0])
-        assert monte_carlo.output_parities(ig.numpy_pieces[0]) == ("odd", "even", "even"), name
+        assert analysis.output_parities(ig.numpy_pieces[0]) == ("odd", "even", "even"), name
     for name in ("gelu", "silu", "mish", "softplus"):
         ig = integrand(activation(name), moment_functions(activation(name))[0])
-        assert set(monte_carlo.output_parities(ig.numpy_pieces[0])) == {None}, name
+        assert set(analysis.output_parities(ig.numpy_pieces[0])) == {None}, name
 
 
 def test_a_piecewise_function_of_odd_pieces_is_not_taken_for_odd():
@@ -72,7 +73,7 @@ def test_a_piecewise_function_of_odd_pieces_is_not_taken_for_odd():
     act = activation("where(x > 0.5, x**3, x)")
     ig = integrand(act, {"f": F, "f^2": F**2})  # f jumps at 1/2: no f'^2
     for program in ig.numpy_pieces:  # each piece alone is odd in f (and even in f^2)
-        assert monte_carlo.output_parities(program)[0] == monte_carlo.ODD
+        assert analysis.output_parities(program)[0] == analysis.ODD
     with mp.workdps(30):
         c = mp.mpf(1) / 2
         phi, tail = mp.npdf(c), mp.ncdf(-c)
@@ -96,7 +97,7 @@ def test_buffered_operations_are_the_programs_own():
     # there (a faster or more accurate implementation) must be made here too, or this fails
     from gainderive.evaluate import _NUMPY
 
-    for name, ufunc in monte_carlo._UFUNCS.items():
+    for name, ufunc in analysis._UFUNCS.items():
         assert _NUMPY[name] is ufunc, name
 
 
@@ -114,9 +115,9 @@ def test_paired_evaluation_matches_the_program_at_both_signs(name):
     z[:4] = (0.0, 1e-300, 40.0, -40.0)
     with np.errstate(all="ignore"):
         for program in ig.numpy_pieces:
-            outputs = monte_carlo._Compiled(program, paired=True)(z)
+            outputs = analysis.Compiled(program, paired=True)(z)
             for (kind, hp, hm), at_plus, at_minus in zip(outputs, program(z), program(-z)):
-                hm = hp if kind == monte_carlo.EVEN else (-hp if kind == monte_carlo.ODD else hm)
+                hm = hp if kind == analysis.EVEN else (-hp if kind == analysis.ODD else hm)
                 for ours, theirs in ((hp, at_plus), (hm, at_minus)):
                     ours, theirs = np.broadcast_to(ours, z.shape), np.broadcast_to(theirs, z.shape)
                     same = np.isnan(theirs) == np.isnan(ours)
@@ -139,7 +140,7 @@ def test_reflections_keep_the_relative_precision_of_both_values(kernel, exact, d
     u = np.concatenate([np.linspace(-38, 38, 761), [0.0, 1e-300, -1e-300, 5e-17, -5e-17]])
     plus, minus, scratch = np.empty_like(u), np.empty_like(u), np.empty_like(u)
     with np.errstate(all="ignore"):
-        getattr(monte_carlo, kernel)(plus, minus, scratch, u)
+        getattr(analysis, kernel)(plus, minus, scratch, u)
     with mp.workdps(40):
         for x, p, m in zip(u, plus, minus):
             for ours, arg in ((p, x), (m, -x)):

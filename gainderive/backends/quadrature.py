@@ -73,12 +73,24 @@ Every other q (large q, oscillation the panels do not resolve, a kink away
 from 0, a narrow bump, overflow) goes to the adaptive rounds, which report
 divergence and non-convergence in their own words.  Each q's result depends on
 that q alone.
+
+**Folded** (:func:`_apply_folded`).  Where one piece covers both sides of 0
+(no kink at 0), the symmetric rule over t < 0 and t > 0 is, exactly, the rule
+over t > 0 applied to e(t) = [h(s t) + h(-s t)] \varphi(t), and the error
+estimate is QUADPACK's for e.  The piece's program runs once per pair of nodes
+(:mod:`gainderive.parity`): an h_j proven odd by the program's parity analysis
+is 0 with error 0 (E of an odd function under a symmetric Gaussian; its E|h|,
+finiteness and decay at |t| = 10 are still checked), an even one is twice its
+half, and any other is folded from both values -- half the nodes for tanh's
+(odd, even, even) moments, and half the reductions for silu and mish.  The
+one-q path keeps the unfolded rule.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import threading
 import weakref
 from typing import TYPE_CHECKING, NamedTuple, NoReturn
 
@@ -87,6 +99,7 @@ import numpy as np
 from ..errors import ConvergenceError, DivergenceError
 from ..estimate import Estimate
 from ..features import DEFAULT_FEATURE, feature_cuts_array
+from ..parity import EVEN, ODD, compiled
 from ._exact import piece_moments
 from ._gauss_kronrod import (
     GAUSS_INDEX,
@@ -152,17 +165,19 @@ class _Rule(NamedTuple):
     right: int  # index of the first node with t > 0
     edge_list: list  # ``edges`` as Python floats, for the one-q path
     half_list: list  # ``half`` as Python floats
-    scale3: np.ndarray  # (3, 1, P): half, 200 half, half, the scales of the Kronrod, difference and spread sums
     tail_width: float  # width of the outermost panel
     half_tiled: dict  # m -> ``half`` repeated for m integrands, (m P,), made on first use
     step_reach_ext: np.ndarray  # ``step_reach`` and a 0 for the step from the last node to the next h_j's first
     ones: np.ndarray  # (P,) ones: a sum over panels as a product
     scale_one_q: dict  # m -> (m P, 3) scales of the one-q path's |sums|: 50 eps half, 200 half, half
+    abs_weights: np.ndarray  # per node, Kronrod weight times its panel's half-width times phi: E|h| = |h| @ this
+    folded: _Rule | None  # the panels t > 0 alone, for the folded integrand (:func:`_apply_folded`); None for itself
 
 
-def _make_rule(largest_s: float, cuts: tuple[float, ...]) -> _Rule:
+def _make_rule(largest_s: float, cuts: tuple[float, ...], mirrored: bool = True) -> _Rule:
+    """The rule on the panels cut at 0 and +-cuts (``mirrored``), or at 0 and +cuts only (its folded half)."""
     positive = np.array(cuts)
-    edges = np.concatenate([-positive[::-1], [0.0], positive])
+    edges = np.concatenate([-positive[::-1], [0.0], positive]) if mirrored else np.concatenate([[0.0], positive])
     a, b = edges[:-1], edges[1:]
     half = 0.5 * (b - a)
     t = ((0.5 * (a + b))[:, None] + half[:, None] * _FXK).ravel()
@@ -170,10 +185,12 @@ def _make_rule(largest_s: float, cuts: tuple[float, ...]) -> _Rule:
     reach = np.maximum(np.abs(a), np.abs(b))
     node_reach = np.repeat(reach, _FXK.size)
     return _Rule(largest_s, edges, t, phi, half, reach, np.maximum(node_reach[1:], node_reach[:-1]),
-                 positive.size * _FXK.size, edges.tolist(), half.tolist(), np.stack([half, 200 * half, half])[:, None],
+                 positive.size * _FXK.size if mirrored else 0, edges.tolist(), half.tolist(),
                  float(2 * half[-1]), _TiledHalves(half),
                  np.append(np.maximum(node_reach[1:], node_reach[:-1]), 0.0), np.ones(half.size),
-                 _TiledHalves(np.stack([50 * _EPS * half, 200 * half, half], axis=1)))
+                 _TiledHalves(np.stack([50 * _EPS * half, 200 * half, half], axis=1)),
+                 np.tile(_FWK, half.size) * np.repeat(half, _FXK.size) * phi,
+                 _make_rule(largest_s, cuts, mirrored=False) if mirrored else None)
 
 
 class _TiledHalves(dict):
@@ -199,7 +216,10 @@ _FIXED_REACH = 10.0  # the rules stop at |t| = 10, phi(10) = 7.7e-23; beyond, th
 _FEATURE_NODES = 8.0  # a feature must be at least 1/8 of the panel it lies in
 _SERIES_LARGEST_VARIANCE = 1e-2  # series.LARGEST_VARIANCE, without importing it on the one-q path
 _BLOCK_VALUES = 49152  # node values per block of the fixed rule (384 kB: measured best)
+# the same for the folded rule, per h_j not known odd (512 kB: measured best, on a process's first grid as after)
+_FOLDED_BLOCK_VALUES = 65536
 _KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WORK = threading.local()  # the folded rule's node arrays (:func:`_workspace`)
 
 
 class _Layout(NamedTuple):
@@ -300,6 +320,9 @@ def _apply_rule(integrand: Integrand, rule: _Rule, s: np.ndarray, halves, signed
     With ``exact_spread=False`` the spread in QUADPACK's estimate is replaced by a lower bound (``_FW_SIGN``) that
     costs one product instead of three passes; the estimate is then larger, never smaller (:func:`_rule_error`).
     """
+    whole = len(halves) == 2 and halves[0][0] == halves[1][0]
+    if whole and rule.folded is not None:
+        return _apply_folded(integrand, rule.folded, s, halves[0][0], signed, exact_spread)
     m = len(integrand.labels)
     n, nodes, panels = s.size, rule.t.size, rule.half.size
     sums = np.empty((3, n, m, panels))  # unscaled panel sums: Kronrod, Kronrod - Gauss, spread
@@ -310,7 +333,6 @@ def _apply_rule(integrand: Integrand, rule: _Rule, s: np.ndarray, halves, signed
     block = max(1, _BLOCK_VALUES // (m * nodes))
     g = np.zeros((min(block, n), m, nodes))
     step_buffer = np.empty(g.size)
-    whole = len(halves) == 2 and halves[0][0] == halves[1][0]
     with np.errstate(all="ignore"):  # a non-finite value sends its q to the adaptive rounds, which report it
         for lo in range(0, n, block):
             hi = min(lo + block, n)
@@ -352,28 +374,169 @@ def _apply_rule(integrand: Integrand, rule: _Rule, s: np.ndarray, halves, signed
     return value.T, err.T, absolute.T
 
 
+def _apply_folded(integrand: Integrand, rule: _Rule, s: np.ndarray, piece: int, signed, exact_spread: bool):
+    r""":func:`_apply_rule` where one piece covers both sides of 0: the rule applied to the folded integrand.
+
+    The rule is symmetric (panels, nodes and weights mirrored about 0), so its sum over the nodes of both signs is
+    exactly its sum over t > 0 of the folded integrand e(t) = [h(s t) + h(-s t)] \varphi(t), the panel t < 0 and
+    its mirror adding up to one panel of e; the error of the whole is the rule's error on e, which QUADPACK's
+    estimate judges panel by panel as for any integrand (the odd part of h, which the mirrored panels integrate
+    to 0 exactly, no longer inflates it).  ``rule`` is the folded half (:attr:`_Rule.folded`).  The piece's
+    program runs once per node pair (:class:`gainderive.parity.Compiled`), each value of known parity once:
+
+    * an odd h_j (:func:`gainderive.parity.node_parities`, a sound analysis of the program) has E[h_j] = 0
+      exactly -- the piece covers at least 38.5 standard deviations on both sides, beyond which the backend
+      counts nothing -- and error 0; its E|h| and decay at |t| = 10 are still measured, and a non-finite or
+      undecayed q goes to the adaptive rounds as any other;
+    * an even h_j has e = 2 h \varphi: its sums over t > 0, doubled;
+    * any other h_j: e from h(s t) and h(-s t) (Phi, sigmoid, erfc and softplus of an odd argument at both
+      signs from one evaluation).
+
+    E|h| of a signed h_j is that of |h(s t)| + |h(-s t)|, and the tail bound uses |h| at both outermost
+    nodes, never |e| (where h(s t) and h(-s t) cancel, e can be small while h has not decayed).
+    """
+    m = len(integrand.labels)
+    paired = compiled(integrand.numpy_pieces[piece], "paired")
+    parity = paired.output_parity
+    odd = [j for j in range(m) if parity[j] == ODD]
+    active = [j for j in range(m) if parity[j] != ODD]
+    active_signed = tuple(a for a, j in enumerate(active) if j in signed)
+    n, nodes, panels, size = s.size, rule.t.size, rule.half.size, len(active)
+    sums = np.empty((3, n, size, panels))  # unscaled panel sums of e: Kronrod, Kronrod - Gauss, spread
+    kronrod, difference, spread = sums
+    signed_abs = np.empty((n, len(active_signed), panels))
+    variation = np.empty((n, size))
+    edge = np.empty((n, size))
+    odd_abs = np.empty((n, len(odd)))  # E|h| over t > 0 (the weights hold phi and the half-widths)
+    odd_edge = np.empty((n, len(odd)))  # |h| at the outermost node
+    block = max(1, _FOLDED_BLOCK_VALUES // (max(size, 1) * nodes))
+    # the folded values h_j by h_j, each block of q contiguous: (size, q, nodes) -- writing each h_j's values as
+    # one contiguous run costs half what interleaving them q by q does; the panel sums are transposed afterwards
+    # (they are 31 times smaller)
+    # the node arrays live in one per-thread workspace, reused by every call: fresh arrays of this size would be
+    # mapped and faulted in anew, which on a process's first grids cost as much as the arithmetic
+    values = min(block, n) * max(size, 1) * nodes
+    work = _workspace(2 * values + 2 * min(block, n) * nodes)
+    g_storage, step_buffer = work[:values], work[values: 2 * values]
+    scratch = work[2 * values:].reshape(2, min(block, n), nodes)
+    phi, last_phi = rule.phi, float(rule.phi[-1])
+    with np.errstate(all="ignore"):  # a non-finite value sends its q to the adaptive rounds, which report it
+        for lo in range(0, n, block):
+            hi = min(lo + block, n)
+            count = hi - lo
+            gb = g_storage[: size * count * nodes].reshape(size, count, nodes)
+            first, second = scratch[0, :count], scratch[1, :count]
+            found = _run_paired(paired, s[lo:hi], rule.t)
+            for i, j in enumerate(odd):
+                np.abs(found[j][1], out=first)
+                np.matmul(first, rule.abs_weights, out=odd_abs[lo:hi, i])
+                odd_edge[lo:hi, i] = first[:, -1]
+            for a, j in enumerate(active):
+                kind, plus, minus = found[j]
+                if kind == EVEN:
+                    np.multiply(plus, phi, out=gb[a])
+                    edge[lo:hi, a] = np.abs(gb[a, :, -1])
+                else:
+                    np.add(plus, minus, out=gb[a])
+                    gb[a] *= phi
+                    edge[lo:hi, a] = (np.abs(plus[:, -1]) + np.abs(minus[:, -1])) * last_phi
+                if a in active_signed:
+                    if kind == EVEN:
+                        np.abs(gb[a], out=first)
+                    else:
+                        np.abs(plus, out=first)
+                        first += np.abs(minus, out=second)
+                        first *= phi
+                    i = active_signed.index(a)
+                    signed_abs[lo:hi, i] = (first.reshape(-1, _FXK.size) @ _FWK).reshape(count, panels)
+            if not size:
+                continue
+            rows = gb.reshape(-1, _FXK.size)
+            kronrod[lo:hi] = (rows @ _FWK).reshape(size, count, panels).transpose(1, 0, 2)
+            difference[lo:hi] = (rows @ _FWK_MINUS_WG).reshape(size, count, panels).transpose(1, 0, 2)
+            flat, steps = gb.reshape(-1), step_buffer[: size * count * nodes]
+            np.subtract(flat[1:], flat[:-1], out=steps[:-1])
+            steps[-1] = 0.0
+            np.abs(steps, out=steps)
+            variation[lo:hi] = (steps.reshape(-1, nodes) @ rule.step_reach_ext).reshape(size, count).T
+            if exact_spread:
+                rows -= 0.5 * (kronrod[lo:hi].transpose(1, 0, 2)).reshape(-1, 1)
+                np.abs(rows, out=rows)
+                spread[lo:hi] = (rows @ _FWK).reshape(size, count, panels).transpose(1, 0, 2)
+            else:
+                spread[lo:hi] = (rows @ _FW_SIGN).reshape(size, count, panels).transpose(1, 0, 2)
+        value, err, absolute = np.zeros((m, n)), np.zeros((m, n)), np.empty((m, n))
+        if size:
+            folded_value, folded_err, folded_abs, tail = _rule_error(sums, signed_abs, variation, edge, rule,
+                                                                     active_signed, exact_spread)
+            # an even h_j's sums are those of h phi over t > 0: the whole is twice that
+            twice = np.array([2.0 if parity[j] == EVEN else 1.0 for j in active])
+            folded_value *= twice
+            folded_err *= twice
+            folded_abs *= twice
+            folded_err[tail * twice > 1e-15 * folded_abs] = np.inf  # not decayed at |t| = 10: the adaptive rounds
+            value[active], err[active], absolute[active] = folded_value.T, folded_err.T, folded_abs.T
+        if odd:
+            absolute[odd] = 2 * odd_abs.T
+            value[odd] = np.where(np.isfinite(absolute[odd]), 0.0, np.nan)  # not finite: the adaptive rounds
+            decayed = 2 * odd_edge.T * last_phi * rule.tail_width <= 1e-15 * absolute[odd]
+            err[odd] = np.where(decayed, 0.0, np.inf)
+    return value, err, absolute
+
+
+def _workspace(size: int) -> np.ndarray:
+    """A flat float buffer of ``size`` values, one per thread, grown when needed and otherwise reused."""
+    buffer = getattr(_WORK, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _WORK.buffer = np.empty(size)
+    return buffer[:size]
+
+
+def _run_paired(paired, s: np.ndarray, t: np.ndarray) -> list[tuple]:
+    """The paired program at z = s t (an outer product): (parity, h(z), h(-z) or None), each of shape (s, t).
+
+    A program of in-place steps runs bound to its own buffers, z written straight into its input, so that a
+    block allocates nothing; any other program is called on a fresh z.
+    """
+    if not paired.static:
+        return paired(s[:, None] * t)
+    shape = (s.size, t.size)
+    z = paired.input(s.size * t.size).reshape(shape)
+    np.multiply(s[:, None], t, out=z)
+    return [(kind, plus if np.ndim(plus) == 0 else plus.reshape(shape),
+             None if minus is None else minus.reshape(shape)) for kind, plus, minus in paired.run()]
+
+
 def _rule_error(sums, signed_abs, variation, edge, rule: _Rule, signed, exact_spread: bool = True):
     """(value, error, E|h|, tail) from the unscaled per-panel sums of the fixed rule (panels on the last axis).
 
-    ``sums`` stacks the Kronrod, Kronrod - Gauss and spread sums, (3, ..., m, P), and is overwritten;
+    ``sums`` stacks the Kronrod, Kronrod - Gauss and spread sums, (3, ..., m, P), contiguous, and is overwritten;
     ``signed_abs`` holds the sums of |h phi| of the signed h_j (..., len(signed), P), ``variation``
     sum_p reach_p TV_p and ``edge`` |h phi| at the two outermost nodes, (..., m).  Returns arrays (..., m).
     Without ``exact_spread`` the third sum is the lower bound L <= spread of ``_FW_SIGN`` (up to its sign), and a
     panel's estimate is u sqrt(u / L) >= u sqrt(u / spread) >= QUADPACK's min(spread, u sqrt(u / spread)).
     """
-    # scaled by the half-widths, the difference also by 200: u = 200 |K31 - G15|; in place (``sums`` is the
-    # caller's scratch): fresh temporaries of this size cost more in page faults than the arithmetic
-    sums *= rule.scale3 if sums.ndim == 3 else rule.scale3[:, None]
+    # Every per-panel quantity scales with the panel's half-width h_p (the Kronrod sum, |K31 - G15|, the spread
+    # and L, the rounding floor), and QUADPACK's estimate is homogeneous of degree 1 in them: the panels' sums stay
+    # unscaled and the sums over the panels are products with the half-widths.  (Scaling in place first cost more
+    # than the rest: numpy broadcasts over a last axis of 2-12 panels slowly, and a product over a stack of such
+    # rows is ten times one over the flat rows.)
     kronrod, u, spread = sums
+    shape, panels = kronrod.shape[:-1], kronrod.shape[-1]
+
+    def over_panels(per_panel: np.ndarray) -> np.ndarray:
+        return (per_panel.reshape(-1, panels) @ rule.half).reshape(shape)
+
     ab = np.abs(kronrod)
     if signed:
-        ab[..., list(signed), :] = signed_abs * rule.half
-    absolute = ab @ rule.ones  # sums over the panels as products: a reduction along a short last axis is slower
-    value = kronrod @ rule.ones
+        ab[..., list(signed), :] = signed_abs
+    absolute = over_panels(ab)
+    value = over_panels(kronrod)
     # QUADPACK's error, spread min(1, (200 |K - G| / spread)^1.5) as in the adaptive rounds, written
     # min(spread, u sqrt(u / spread)) (a power with exponent 1.5 costs ten times a square root); fmin: a panel
     # with no spread, where h phi is constant and K = G up to rounding, gets 0 and keeps the rounding floor
     np.abs(u, out=u)
+    u *= 200.0
     if not exact_spread:
         np.abs(spread, out=spread)
     ratio = np.divide(u, spread, out=kronrod)
@@ -383,7 +546,7 @@ def _rule_error(sums, signed_abs, variation, edge, rule: _Rule, signed, exact_sp
     # u > 0 with L = 0 gives inf, refused here and decided with the exact spread
     e = np.fmin(spread, ratio, out=ratio) if exact_spread else ratio
     ab *= 50 * _EPS
-    err = np.fmax(ab, e, out=e) @ rule.ones
+    err = over_panels(np.fmax(ab, e, out=e))
     # the rounding floor of the adaptive rounds (eps |t| times the variation of h phi along the nodes), and the
     # mass beyond |t| = 10, which the outermost nodes' |h phi| times the panel width bounds many times over
     err += variation * (4 * _EPS)
