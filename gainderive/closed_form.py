@@ -143,7 +143,7 @@ BIN_SAFETY = 2.0
 #: 0, a branch of the formula switching) is not tabulated: its q get the running bound itself.
 BIN_STEP = 1.25
 #: q per chunk of the plain evaluation (every intermediate of a chunk stays in cache).
-BIN_CHUNK = 16384
+BIN_CHUNK = 8192
 
 
 def bin_index(q: np.ndarray) -> np.ndarray:
@@ -255,26 +255,31 @@ class BinnedForms:
         """Write (value, error) of form k at q (1-d, bins ``index``) into out[k] (arrays of q's length).
 
         Returns, per form, where its bar is finite and within its ``rtol`` |value| (a tabulated bar is, by
-        construction: its bin's entry is at most rtol).
+        construction: its bin's entry is at most rtol): True for every q, or a boolean array.
         """
         retry = None
-        within = []
+        within: list = []
         with np.errstate(all="ignore"):
             for (value, error), found, row in zip(out, self.fused(q), self.table):
                 value[...] = found
-                np.multiply(np.abs(found), row.take(index), out=error)
+                np.abs(found, out=error)
+                error *= row.take(index)
+                if math.isfinite(error.sum()):  # one pass, no temporary: the usual case
+                    within.append(True)
+                    continue
                 ok = np.isfinite(error)
                 within.append(ok)
-                if not ok.all():
-                    retry = ~ok if retry is None else retry | ~ok
+                retry = ~ok if retry is None else retry | ~ok
             if retry is not None:
                 at = np.flatnonzero(retry)
-                for (value, error), ok, (v, e), tol in zip(out, within, evaluate_many(self.programs, q[at]),
-                                                           self.rtol):
-                    need = ~ok[at]  # (an output whose tabulated bar held keeps it)
+                for k, ((value, error), (v, e), tol) in enumerate(zip(out, evaluate_many(self.programs, q[at]),
+                                                                      self.rtol)):
+                    if within[k] is True:  # (an output whose tabulated bar held keeps it)
+                        continue
+                    need = ~within[k][at]
                     v, e, where = v[need], e[need], at[need]
                     value[where], error[where] = v, e
-                    ok[where] = np.isfinite(e) & np.isfinite(v) & (True if tol is None else e <= tol * np.abs(v))
+                    within[k][where] = np.isfinite(e) & np.isfinite(v) & (True if tol is None else e <= tol * np.abs(v))
         return within
 
 

@@ -92,6 +92,18 @@ def _scaled_phi(c, b):
 _MINUS_SQRT_2 = -math.sqrt(2.0)  # -b / sqrt(2) exactly as the general branch rounds it
 
 
+def _fold(ufunc: np.ufunc, args: tuple) -> Any:
+    """ufunc(...ufunc(ufunc(a0, a1), a2)..., an), left to right as functools.reduce, into the first result's array:
+    the same roundings in the same order, without a fresh temporary per operand."""
+    out = ufunc(args[0], args[1])
+    for x in args[2:]:
+        if type(out) is np.ndarray and (np.ndim(x) == 0 or np.shape(x) == out.shape):
+            ufunc(out, x, out=out)
+        else:
+            out = ufunc(out, x)
+    return out
+
+
 def _np_select(*args):
     conds, values = args[0::2], args[1::2]
     shape = np.broadcast_shapes(*(np.shape(a) for a in args))
@@ -139,8 +151,8 @@ _NUMPY: dict[str, Callable] = {
     "log1p": np.log1p,
     "sqrt": np.sqrt,
     "square": np.square,
-    "add": lambda *a: functools.reduce(np.add, a),
-    "mul": lambda *a: functools.reduce(np.multiply, a),
+    "add": lambda *a: _fold(np.add, a),
+    "mul": lambda *a: _fold(np.multiply, a),
     "neg": np.negative,
     "reciprocal": lambda u: 1.0 / u,
     "pow": lambda u, v: _np_pow(u, v),
