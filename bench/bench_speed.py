@@ -848,6 +848,31 @@ def formula_reference() -> tuple:
         return m[0], m[1], m[2], m[1] - m[0] ** 2
 
 
+def bench_init(cfg: Config) -> None:
+    """calculate_gain and spec, warm (repeated calls are cached), against torch's calculate_gain (a table lookup)
+    and Keras's VarianceScaling arithmetic sqrt(scale / fan), both as plain Python in this process."""
+    import gainderive as gd
+
+    section("initialisers, warm: calculate_gain and spec (cached) vs a table lookup and sqrt(scale / fan)")
+    try:
+        from torch.nn.init import calculate_gain as torch_gain
+        lookup, label = (lambda: torch_gain("leaky_relu", 0.2)), "torch.nn.init.calculate_gain"
+    except ImportError:  # torch is optional: its table, as a dict lookup
+        table = {"relu": math.sqrt(2.0)}
+        lookup, label = (lambda: table["relu"]), "dict lookup (torch not installed)"
+    shape = (64, 32, 3, 3)
+    fan_in = 32 * 9
+    for name, ours, theirs, base in (
+            ("calculate_gain leaky_relu 0.2", lambda: gd.calculate_gain("leaky_relu", 0.2), lookup, label),
+            ("spec gelu (64,32,3,3) fan_in", lambda: gd.init.spec("gelu", shape), lambda: math.sqrt(2.0 / fan_in),
+             "sqrt(scale / fan) in Python"),
+            ("std_for gelu", lambda: gd.init.std_for("gelu", fan_in, 64 * 9), lambda: math.sqrt(2.0 / fan_in),
+             "sqrt(scale / fan) in Python")):
+        ours()
+        t_ours, t_base = cpu_min(ours, cfg.repeats), cpu_min(theirs, cfg.repeats)
+        row(name, t_ours, base, t_base, note=f"gainderive / baseline {t_ours / t_base:.0f} x")
+
+
 def bench_cli(cfg: Config) -> None:
     section(f'CLI in fresh processes: derive "{FORMULA}" (first run: empty GAINDERIVE_CACHE_DIR; second: same dir)')
     repeats = 1 if cfg.quick else 3
@@ -888,7 +913,7 @@ def bench_cli(cfg: Config) -> None:
 # ---------------------------------------------------------------- main
 
 ROWS = ("one_q", "gelu", "quadrature_only", "scaling", "elu_many", "registry", "kernel", "meanfield", "high_precision",
-        "monte_carlo", "cli")
+        "monte_carlo", "cli", "init")
 
 
 def main() -> int:
@@ -930,6 +955,7 @@ def main() -> int:
         "high_precision": lambda: bench_high_precision(cfg),
         "monte_carlo": lambda: bench_monte_carlo(cfg),
         "cli": lambda: bench_cli(cfg),
+        "init": lambda: bench_init(cfg),
     }
     failed = []
     start = time.perf_counter()

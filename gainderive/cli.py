@@ -42,7 +42,7 @@ TABLE_METHODS = ("auto", "closed_form", "quadrature")
 KERNEL_METHODS = ("auto", "closed_form", "quadrature", "high_precision")
 FORMATS = ("csv", "json", "markdown")
 MODES = ("fan_in", "fan_out", "fan_avg")
-LAYOUTS = ("torch", "tf")
+LAYOUTS = ("torch", "torch_transposed", "tf", "tf_transposed", "tf_depthwise")
 INIT_DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal", "looks_linear", "delta_orthogonal")
 PROPAGATE_DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal")
 DEFAULT_HIGH_PRECISION_DIGITS = 30
@@ -341,7 +341,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argumen
     ini.add_argument("activation", help=_ACTIVATION_HELP)
     ini.add_argument("--shape", required=True, help="weight shape, e.g. 64,32,3,3")
     ini.add_argument("--layout", choices=LAYOUTS, default="torch",
-                     help="torch (out, in, *kernel) or tf (*kernel, in, out); default %(default)s")
+                     help="torch (out, in, *kernel), torch_transposed (in, out, *kernel), tf (*kernel, in, out), "
+                     "tf_transposed (*kernel, out, in) or tf_depthwise (*kernel, in, multiplier); default %(default)s")
     ini.add_argument("--mode", choices=MODES, default="fan_in", help="which fan the gain divides; default %(default)s")
     ini.add_argument("--distribution", choices=INIT_DISTRIBUTIONS, default="normal",
                      help="weight distribution; default %(default)s")

@@ -21,6 +21,7 @@ while gain_fan_in and gain_variance exist.  :func:`gain` refuses that mode.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,81 @@ class Gains:
 
     def __iter__(self):
         return iter((name, getattr(self, name)) for name in MODES)
+
+    # -- notebook display: IPython calls these two (nothing here imports it) ----------------------------------
+    def _repr_html_(self) -> str:
+        """HTML for Jupyter: each gain's convention, value +- error and method (an undefined gain: nan and why).
+
+        Gains of a grid of q (arrays) show the first and last :data:`~gainderive._display.DISPLAY_ROWS` entries
+        with an ellipsis row between, so the text is bounded whatever the grid.  Every string is HTML-escaped.
+        """
+        from ._display import (
+            _ERROR_NOTE,
+            _GAIN_LABELS,
+            _at,
+            _error,
+            _finite,
+            _html,
+            _html_cell,
+            _html_table,
+            _number,
+            _rows_note,
+            _shown_rows,
+        )
+
+        shape = np.broadcast_shapes(*(np.shape(est.value) for _, est in self))
+        if not shape:
+            rows = [[_GAIN_LABELS[name][0], _html(_number(est.value)),
+                     _html(_error(est.error)) if _finite(est.value) else "", _html(est.method)] for name, est in self]
+            table = _html_table(["gain", "value", "&plusmn; error", "method"], rows, 0)
+            note = ""
+        else:
+            n = math.prod(shape)
+            rows = [None if i is None else
+                    [str(i), *(_html_cell(_at(est.value, shape, i), _at(est.error, shape, i)) for _, est in self)]
+                    for i in _shown_rows(n)]
+            head = [["method", *(_html(est.method) for _, est in self)]]
+            table = _html_table(["index", *(_GAIN_LABELS[name][0] for name in MODES)], rows,
+                                n - sum(row is not None for row in rows), head=head)
+            note = _rows_note(n)
+        note = f"<p>{n:,} gains per mode ({note})</p>\n" if note else ""
+        return (f'<div class="gainderive-gains">\n{note}{table}\n<p><small>{_ERROR_NOTE}; std = gain / sqrt(fan)'
+                "</small></p>\n</div>")
+
+    def _repr_latex_(self) -> str:
+        r"""LaTeX for Jupyter: each gain as its formula = value \pm error, with its method.
+
+        Gains of a grid of q: the formulas and methods, then an array of the first and last
+        :data:`~gainderive._display.DISPLAY_ROWS` entries.  Methods (which may quote a formula) are escaped.
+        """
+        from ._display import (
+            _GAIN_LABELS,
+            _at,
+            _latex_array,
+            _latex_cell,
+            _latex_display,
+            _latex_number,
+            _latex_text,
+            _number,
+            _rows_note,
+            _shown_rows,
+        )
+
+        shape = np.broadcast_shapes(*(np.shape(est.value) for _, est in self))
+        lines = []
+        for name, est in self:
+            label, method = _GAIN_LABELS[name][1], _latex_text(est.method)
+            value = "" if shape else f" = {_latex_cell(est.value, est.error)}"
+            lines.append(rf"{label.replace(' = ', ' &= ', 1)}{value} && {method}")
+        block = r"\begin{aligned}" + "\n" + " \\\\\n".join(lines) + "\n" + r"\end{aligned}"
+        if not shape:
+            return _latex_display([block])
+        n = math.prod(shape)
+        rows = [None if i is None else [str(i), *(_latex_number(_number(_at(est.value, shape, i))) for _, est in self)]
+                for i in _shown_rows(n)]
+        array = _latex_array(["i", *(_GAIN_LABELS[name][1].split(" = ")[0] for name in MODES)], rows)
+        note = _rows_note(n)
+        return _latex_display([block, array, *([rf"\text{{{note}}}"] if note else [])])
 
 
 def _inverse_sqrt_gain(scale: Any, moment: Estimate, what: str, why: str, mode: str, strict: bool) -> Estimate:

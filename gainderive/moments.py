@@ -80,6 +80,113 @@ class Moments:
     def __iter__(self):
         return iter((name, getattr(self, name)) for name in MOMENTS)
 
+    # -- notebook display: IPython calls these two (nothing here imports it) ----------------------------------
+    def _form(self, name: str) -> Any:
+        """The verified closed form of moment ``name`` if it answered (at every q, or at some q of a grid)."""
+        form = self.closed_forms.get(name)
+        return form if form is not None and getattr(self, name).method == "closed_form" else None
+
+    def _repr_html_(self) -> str:
+        r"""HTML for Jupyter: per moment the value +- error, the method and, where one answered, the closed form.
+
+        Closed forms are their LaTeX between ``\( \)`` (the notebook's MathJax renders them).  For a grid of q,
+        the first and last :data:`~gainderive._display.DISPLAY_ROWS` q with an ellipsis row between, so the
+        text is bounded whatever the grid.  Every string is HTML-escaped: names and formulas are user input.
+        """
+        from ._display import (
+            _ERROR_NOTE,
+            _LABELS,
+            _activation_title,
+            _at,
+            _error,
+            _finite,
+            _html,
+            _html_cell,
+            _html_table,
+            _number,
+            _rows_note,
+            _shown_rows,
+        )
+
+        title = _activation_title(self.activation, html=True) + "; z ~ N(0, q)"
+        precision = f"; {self.digits} digits" if self.digits is not None else ""
+        forms = {name: self._form(name) for name in MOMENTS}
+        shape = np.shape(self.q)
+        if not shape:
+            rows = [[_LABELS[name][0], _html(_number(est.value, self.digits)),
+                     _html(_error(est.error)) if _finite(est.value) else "", _html(est.method),
+                     "" if forms[name] is None else _html(rf"\({forms[name].latex}\)")]
+                    for name, est in self]
+            table = _html_table(["moment", "value", "&plusmn; error", "method", "closed form"], rows, 0)
+            title += f", q = {_html(_number(self.q, self.digits))}{precision}"
+        else:
+            n = math.prod(shape)
+            title += (f"; {n:,} values of q from {_html(_number(np.min(self.q)))} to "
+                      f"{_html(_number(np.max(self.q)))}")
+            head = [["method", *(_html(est.method) for _, est in self)]]
+            if any(forms.values()):
+                head.append(["closed form", *("" if f is None else _html(rf"\({f.latex}\)") for f in forms.values())])
+            rows = [None if i is None else
+                    [_html(_number(_at(self.q, shape, i))),
+                     *(_html_cell(_at(est.value, shape, i), _at(est.error, shape, i)) for _, est in self)]
+                    for i in _shown_rows(n)]
+            table = _html_table(["q", *(_LABELS[name][0] for name in MOMENTS)], rows,
+                                n - sum(row is not None for row in rows), head=head)
+            note = _rows_note(n)
+            title += f"{precision}" + (f" ({note})" if note else "")
+        return (f'<div class="gainderive-moments">\n<p>{title}</p>\n{table}\n<p><small>{_ERROR_NOTE}</small></p>\n'
+                "</div>")
+
+    def _repr_latex_(self) -> str:
+        """LaTeX for Jupyter: each moment as its closed form (where one answered) = value \\pm error, and the method.
+
+        For a grid of q, the closed forms (or methods) with the largest error bar, then an array of the first and
+        last :data:`~gainderive._display.DISPLAY_ROWS` q.  Names, formulas and methods are escaped
+        (:func:`~gainderive._display._latex_text`); closed forms are their own LaTeX.
+        """
+        from ._display import (
+            _LABELS,
+            _activation_title,
+            _at,
+            _error,
+            _latex_array,
+            _latex_cell,
+            _latex_display,
+            _latex_number,
+            _latex_text,
+            _number,
+            _rows_note,
+            _shown_rows,
+        )
+
+        title = _activation_title(self.activation, html=False) + r",\quad z \sim \mathcal{N}(0, q)"
+        precision = rf",\quad \text{{{self.digits} digits}}" if self.digits is not None else ""
+        shape = np.shape(self.q)
+        lines = []
+        for name, est in self:
+            form = self._form(name)
+            equals = f" = {form.latex}" if form is not None else ""
+            if shape:
+                values, errors = np.asarray(est.value, dtype=float), np.asarray(est.error, dtype=float)
+                finite = np.isfinite(values)
+                bar = (rf",\ \text{{error}} \le {_latex_number(_error(np.max(errors[finite])))}"
+                       if finite.any() else "")
+                lines.append(rf"{_LABELS[name][1]} &{equals} && {_latex_text(est.method)}{bar}")
+            else:
+                lines.append(rf"{_LABELS[name][1]} &{equals} = {_latex_cell(est.value, est.error, self.digits)} && "
+                             rf"{_latex_text(est.method)}")
+        block = r"\begin{aligned}" + "\n" + " \\\\\n".join(lines) + "\n" + r"\end{aligned}"
+        if not shape:
+            title += rf",\quad q = {_latex_number(_number(self.q, self.digits))}{precision}"
+            return _latex_display([title, block])
+        n = math.prod(shape)
+        rows = [None if i is None else [_latex_number(_number(_at(self.q, shape, i))),
+                                        *(_latex_number(_number(_at(est.value, shape, i))) for _, est in self)]
+                for i in _shown_rows(n)]
+        array = _latex_array(["q", *(_LABELS[name][1] for name in MOMENTS)], rows)
+        note = _rows_note(n)
+        return _latex_display([title + precision, block, array, *([rf"\text{{{note}}}"] if note else [])])
+
 
 _SMALLEST_NORMAL = float(np.finfo(float).tiny)
 _LARGEST = float(np.finfo(float).max)

@@ -20,6 +20,7 @@ only memory that grows with the grid, and the text formats are written chunk by 
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import json
@@ -287,6 +288,76 @@ class Table:
 
     def to_markdown(self) -> str:
         return "".join(self.iter_markdown())
+
+    def to_pandas(self) -> Any:
+        """A pandas DataFrame: one float64 column per :data:`COLUMNS` entry (copies of the table's arrays), and
+        :attr:`meta` (activation, formula, params, method per column, conventions, ...) in ``DataFrame.attrs``.
+
+        pandas is optional (``pip install pandas``; from a clone ``pip install '.[pandas]'``) and imported here
+        only: without it a one-line :class:`GainDeriveError` says how to install it.
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise GainDeriveError("to_pandas needs pandas: pip install pandas") from None
+        frame = pd.DataFrame({c: np.array(self.columns[c], dtype=float) for c in COLUMNS}, columns=list(COLUMNS))
+        # a deep copy: meta holds the table's own methods dict and the module's CONVENTIONS, which attrs must not share
+        frame.attrs.update(copy.deepcopy(self.meta))
+        return frame
+
+    # -- notebook display: IPython calls these two (nothing here imports it) ----------------------------------
+    def _display_rows(self, number: Callable[[str], str]) -> tuple[list[list[str] | None], int]:
+        """The shown rows (first and last DISPLAY_ROWS; None for the ellipsis) of q, moments and gains, and how
+        many rows are hidden; ``number`` formats a value's text (escapes it for HTML, or writes it as LaTeX)."""
+        from ._display import _number, _shown_rows
+
+        shown = ("variance", *MOMENT_COLUMNS, *GAIN_COLUMNS)
+        rows = [None if i is None else [number(_number(self.columns[c][i])) for c in shown]
+                for i in _shown_rows(self.q.size)]
+        return rows, self.q.size - sum(row is not None for row in rows)
+
+    def _repr_html_(self) -> str:
+        """HTML for Jupyter: the activation, each moment's method and largest error bar, and the q, moment and gain
+        columns for the first and last :data:`~gainderive._display.DISPLAY_ROWS` q with an ellipsis row between
+        (so the text is bounded whatever the grid).  Every string is HTML-escaped: names and formulas are user
+        input.  :meth:`to_pandas` or :meth:`records` give every row.
+        """
+        from ._display import _activation_title, _error, _html, _html_table, _rows_note
+
+        meta = self.meta
+        header = ["q", *(f'<span title="{_html(CONVENTIONS.get(c, c))}">{_html(c)}</span>'
+                         for c in (*MOMENT_COLUMNS, *GAIN_COLUMNS))]
+        blank = [""] * len(GAIN_COLUMNS)
+        head = [["method", *(_html(self.methods[c]) for c in MOMENT_COLUMNS), *blank],
+                ["max error", *(_html(_error(meta["max_reported_error"][c])) for c in MOMENT_COLUMNS), *blank]]
+        rows, hidden = self._display_rows(_html)
+        note = _rows_note(self.q.size)
+        title = (f"{_activation_title(self.activation, html=True)}; z ~ N(0, q); {self.q.size:,} rows"
+                 + (f" ({note})" if note else ""))
+        reference = f"<p><small>{_html(self.activation.reference)}</small></p>\n" if self.activation.reference else ""
+        return (f'<div class="gainderive-table">\n<p>{title}</p>\n{_html_table(header, rows, hidden, head=head)}\n'
+                f"{reference}</div>")
+
+    def _repr_latex_(self) -> str:
+        """LaTeX for Jupyter: the activation and an array of q, the moments and the gains for the first and last
+        :data:`~gainderive._display.DISPLAY_ROWS` q (names and formulas escaped)."""
+        from ._display import (
+            _GAIN_LABELS,
+            _LABELS,
+            _activation_title,
+            _latex_array,
+            _latex_display,
+            _latex_number,
+            _rows_note,
+        )
+
+        names = ("mean", "second_moment", "derivative_second_moment", "variance")
+        header = ["q", *(_LABELS[name][1] for name in names),
+                  *(_GAIN_LABELS[name][1].split(" = ")[0] for name in ("fan_in", "fan_out", "variance"))]
+        rows, _ = self._display_rows(_latex_number)
+        note = _rows_note(self.q.size)
+        title = _activation_title(self.activation, html=False) + r",\quad z \sim \mathcal{N}(0, q)"
+        return _latex_display([title, _latex_array(header, rows), *([rf"\text{{{note}}}"] if note else [])])
 
 
 #: Text formats of :meth:`Table.write` and :func:`write_tables`.

@@ -130,3 +130,35 @@ def test_no_submodule_imports_the_package_root_except_the_entry_points():
     graph = import_graph(PACKAGE)
     importers = sorted(m for m, targets in graph.items() if "gainderive" in targets)
     assert set(importers) <= {"gainderive.propagate", "gainderive.__main__"}, importers
+
+
+FRAMEWORKS = {"torch": "gainderive.torch", "jax": "gainderive.jax", "flax": "gainderive.jax",
+              "keras": "gainderive.keras"}
+
+
+def test_each_framework_is_imported_by_its_own_module_alone():
+    # torch, jax/flax and keras are optional extras: only gainderive.torch, gainderive.jax and gainderive.keras
+    # may import them (at any level), so that the rest of the package works without any of them
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            offenders += [(name, root) for root in roots if root in FRAMEWORKS and FRAMEWORKS[root] != name]
+    assert offenders == [], offenders
+
+
+def test_importing_gainderive_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, gainderive, gainderive.init, gainderive.tables, gainderive.testing, gainderive.cli; "
+            "gainderive.calculate_gain('relu'); "
+            "print(sorted(m for m in ('torch', 'jax', 'flax', 'keras', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

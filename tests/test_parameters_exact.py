@@ -90,8 +90,10 @@ def test_non_real_and_non_finite_parameters_are_one_line_errors(value, match):
     assert "alpha" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_calculate_gain_refuses_a_complex_slope_and_a_param_elsewhere():
+def test_calculate_gain_refuses_a_complex_slope_and_ignores_param_elsewhere():
     with pytest.raises(ParameterError, match="real number"):
         gd.calculate_gain("leaky_relu", 0.2 + 0j)
-    with pytest.raises(ParameterError, match="leaky_relu only"):
-        gd.calculate_gain("tanh", 0.5)
+    # torch.nn.init.calculate_gain ignores param for every name but leaky_relu, and its kaiming_*_ pass a = 0 for
+    # any nonlinearity: the drop-in does the same (issue #14)
+    assert gd.calculate_gain("tanh", 0.5) == gd.calculate_gain("tanh")
+    assert gd.calculate_gain("relu", 0) == gd.calculate_gain("relu") == 2**0.5
