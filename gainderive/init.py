@@ -48,7 +48,8 @@ DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal", "looks_l
 #: Layouts each structured distribution accepts (the others take every layout).
 DISTRIBUTION_LAYOUTS = {"orthogonal": ("torch", "torch_transposed", "tf", "tf_transposed"),
                         "looks_linear": ("torch", "tf"), "delta_orthogonal": ("torch", "tf")}
-_TORCH_LINEAR = frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+#: PyTorch's names for a layer without activation (torch.nn.init.calculate_gain: gain 1): the identity.
+TORCH_IDENTITY_NAMES = frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
                            "conv_transpose3d"})
 #: Cache sizes of the fast path: distinct (activation, q, parameters) triples remembered.
 _CACHE_SIZE = 1024
@@ -257,10 +258,13 @@ def std_for(activation: Any, fan_in: int, fan_out: int, *, mode: str = "fan_in",
     ``fan_in``: gain_fan_in / sqrt(fan_in) = sqrt(q / (fan_in E[f^2])) (He et al. 2015); ``fan_out``:
     gain_fan_out / sqrt(fan_out) = 1 / sqrt(fan_out E[f'^2]); ``fan_avg``: sqrt(2 / (fan_in E[f^2]/q + fan_out
     E[f'^2])), Glorot & Bengio's (2010) harmonic mean of the two variances.  ``activation`` is a registry name, a
-    formula or an :class:`gainderive.activation.Activation`; the moments are cached, so a repeated call costs
+    formula or an :class:`gainderive.activation.Activation` (PyTorch's ``"linear"``, ``"conv2d"``... are the
+    identity); the moments are cached, so a repeated call costs
     microseconds.  Errors as :func:`spec`.
     """
     _check_mode(mode)
+    if isinstance(activation, str) and activation in TORCH_IDENTITY_NAMES:
+        activation = "identity"
     for name, fan in (("fan_in", fan_in), ("fan_out", fan_out)):
         if isinstance(fan, bool) or not isinstance(fan, (int, np.integer)) or fan <= 0:
             raise GainDeriveError(f"{name} must be a positive integer; got {fan!r}")
@@ -286,7 +290,7 @@ def calculate_gain(nonlinearity: Any, param: Any = None, *, variance: Any = 1.0,
     """
     from .errors import ParameterError
 
-    if isinstance(nonlinearity, str) and nonlinearity in _TORCH_LINEAR:
+    if isinstance(nonlinearity, str) and nonlinearity in TORCH_IDENTITY_NAMES:
         return 1.0
     if nonlinearity == "leaky_relu":
         if "negative_slope" in params and param is not None:

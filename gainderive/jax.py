@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from .errors import ParameterError
-from .init import fans_by_axes, spec, std_for, truncation_std
+from .init import fans_by_axes, std_for, truncation_std
 
 __all__ = [
     "DISTRIBUTIONS",
@@ -70,15 +70,7 @@ __all__ = [
 
 MODES = ("fan_in", "fan_out", "fan_avg", "fan_geo_avg")
 DISTRIBUTIONS = ("normal", "uniform", "truncated_normal", "orthogonal")
-#: PyTorch's names for a layer without activation: gain 1, the identity's (torch.nn.init.calculate_gain).
-_LINEAR = frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-                     "conv_transpose3d"})
-
 Axes = int | Sequence[int]
-
-
-def _activation(nonlinearity: Any) -> Any:
-    return "identity" if isinstance(nonlinearity, str) and nonlinearity in _LINEAR else nonlinearity
 
 
 def _axes(value: Any, what: str) -> int | tuple[int, ...]:
@@ -191,6 +183,9 @@ class Orthogonal:
         shape = tuple(shape)
         dtype = _real_float_dtype(self.dtype if dtype is None else dtype)
         self._matrix(shape)  # a one-line message for a bad column_axis; a zero-size shape gives JAX's empty zeros
+        if jnp.finfo(dtype).bits < 32:  # JAX has no QR in half precision: float32's result, rounded (as torch, Keras)
+            base = jax.nn.initializers.orthogonal(scale=self.gain, column_axis=self.column_axis, dtype=jnp.float32)
+            return base(key, shape, jnp.float32, **_sharding(out_sharding)).astype(dtype)
         base = jax.nn.initializers.orthogonal(scale=self.gain, column_axis=self.column_axis, dtype=dtype)
         return base(key, shape, dtype, **_sharding(out_sharding))
 
@@ -224,7 +219,7 @@ def initializer(nonlinearity: Any, *, mode: str = "fan_in", distribution: str = 
         raise ParameterError(f"unknown distribution {distribution!r}; accepted: {', '.join(DISTRIBUTIONS)}")
     if dtype is not None:
         _real_float_dtype(dtype)
-    act = _activation(nonlinearity)
+    act = nonlinearity  # (std_for takes PyTorch's "linear", "conv2d"... as the identity)
     in_axis, out_axis, batch_axis = (_axes(in_axis, "in_axis"), _axes(out_axis, "out_axis"),
                                      _axes(batch_axis, "batch_axis"))
     if distribution == "orthogonal":
@@ -247,7 +242,7 @@ def _orthogonal(act: Any, mode: str, variance: float, column_axis: Any, dtype: A
         raise ParameterError(f"column_axis is an int; got {column_axis!r}")
     column_axis = int(column_axis)
     # the gain itself (gain_fan_in or gain_fan_out, cached), not a std: the fans do not enter
-    gain = spec(act, (1, 1), mode=mode, variance=variance, **params).gain
+    gain = std_for(act, 1, 1, mode=mode, variance=variance, **params)  # the std at fans of 1 is the gain
     return Orthogonal(act, float(gain), column_axis, dtype)
 
 
@@ -292,5 +287,5 @@ def orthogonal(nonlinearity: Any = "identity", *, mode: str = "fan_in", variance
                              f"fans); got {mode!r}")
     if dtype is not None:
         _real_float_dtype(dtype)
-    return _orthogonal(_activation(nonlinearity), mode, variance, column_axis, dtype, params)
+    return _orthogonal(nonlinearity, mode, variance, column_axis, dtype, params)
 

@@ -286,8 +286,10 @@ def _rate(expr, side: int) -> tuple[float, float]:
             xs.append(mp.mpf(x))
             logs.append(value)
             rates = [v / (t * t) for v, t in zip(logs, xs)]
-            if len(rates) >= 2 and rates[-2] > 0 and rates[-1] >= 10 * rates[-2]:
-                return math.inf, 0.0  # log|h| / z^2 grew tenfold as z squared: not c z^2 (stop before it explodes)
+            # log|h| / z^2 grew tenfold as z squared: not c z^2 (stop before it explodes); only from a |h| >= e,
+            # since a log|h| barely above 0 (0.1000000015 z at z = 10) is no rate at all
+            if len(rates) >= 2 and rates[-2] > 0 and logs[-2] >= 1 and rates[-1] >= 10 * rates[-2]:
+                return math.inf, 0.0
         if len(logs) < 2:
             return 0.0, 0.0
         rates = [v / (t * t) for v, t in zip(logs, xs)]

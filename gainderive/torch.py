@@ -55,22 +55,33 @@ __all__ = ["InitReport", "activation_of", "calculate_gain", "init_", "kaiming_no
 calculate_gain = _calculate_gain
 
 _ZERO_ELEMENT = "Initializing zero-element tensors is a no-op"  # torch's own message, word for word
-_TORCH_LINEAR = frozenset({"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-                           "conv_transpose3d"})
 
 
 # -- the std of one tensor ------------------------------------------------------------------------------------------
-
-def _activation_name(nonlinearity: Any) -> Any:
-    """torch's names for the identity (linear, conv*) as the registry's ``identity``; anything else unchanged."""
-    return "identity" if isinstance(nonlinearity, str) and nonlinearity in _TORCH_LINEAR else nonlinearity
-
 
 def _mode(mode: Any, accepted: tuple[str, ...]) -> str:
     lowered = mode.lower() if isinstance(mode, str) else mode  # torch lower-cases the mode too
     if lowered not in accepted:
         raise GainDeriveError(f"unknown mode {mode!r}; accepted: {', '.join(accepted)}")
     return lowered
+
+
+def _floating(tensor: Tensor, what: str) -> None:
+    """Refuse what torch's samplers fail on deep inside (an integer or bool tensor has no normal or uniform)."""
+    if not isinstance(tensor, Tensor):
+        raise GainDeriveError(f"{what} fills a torch.Tensor in place; got {type(tensor).__name__}")
+    if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+        raise GainDeriveError(f"{what} fills floating-point tensors; got dtype {tensor.dtype}")
+
+
+def _finite(value: Any, what: str, *, nonnegative: bool = False) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or (nonnegative and number < 0):
+        raise ParameterError(f"{what} must be a finite{' non-negative' if nonnegative else ''} number; got {value!r}")
+    return number
 
 
 def _zero_element(tensor: Tensor) -> bool:
@@ -83,7 +94,7 @@ def _zero_element(tensor: Tensor) -> bool:
 
 def _gain(nonlinearity: Any, mode: str, variance: Any, params: dict[str, Any]) -> float:
     """gain_fan_in = sqrt(q / E[f^2]) or gain_fan_out = 1 / sqrt(E[f'^2]): the std for a fan of 1 (cached)."""
-    return std_for(_activation_name(nonlinearity), 1, 1, mode=mode, variance=variance, **params)
+    return std_for(nonlinearity, 1, 1, mode=mode, variance=variance, **params)
 
 
 def _kaiming_std(tensor: Tensor, a: Any, mode: Any, nonlinearity: Any, variance: Any, layout: str, groups: int,
@@ -98,7 +109,7 @@ def _kaiming_std(tensor: Tensor, a: Any, mode: Any, nonlinearity: Any, variance:
             raise ParameterError(f"a is leaky_relu's negative slope, a real number; got {a!r}")
         params = {"negative_slope": a, **params}
     if mode == "fan_avg":
-        return std_for(_activation_name(nonlinearity), fan_in, fan_out, mode=mode, variance=variance, **params)
+        return std_for(nonlinearity, fan_in, fan_out, mode=mode, variance=variance, **params)
     # torch's order of operations, gain / sqrt(fan): the same std to the bit wherever the gain is torch's
     return _gain(nonlinearity, mode, variance, params) / math.sqrt(fan_in if mode == "fan_in" else fan_out)
 
@@ -116,6 +127,7 @@ def kaiming_normal_(tensor: Tensor, a: float = 0, mode: str = "fan_in", nonlinea
     (default torch's (out, in, *k) with groups = 1, torch's fans).  A zero-element tensor warns
     "Initializing zero-element tensors is a no-op" and is returned, as torch does.
     """
+    _floating(tensor, "kaiming_normal_")
     if _zero_element(tensor):
         return tensor
     std = _kaiming_std(tensor, a, mode, nonlinearity, variance, layout, groups, params)
@@ -129,6 +141,7 @@ def kaiming_uniform_(tensor: Tensor, a: float = 0, mode: str = "fan_in", nonline
     r"""Fill ``tensor`` in place from U(-bound, bound), bound = sqrt(3) std (U(-b, b) has variance b^2 / 3), with
     std as :func:`kaiming_normal_` (He et al. 2015), and return it.  Arguments and zero-element behaviour as there.
     """
+    _floating(tensor, "kaiming_uniform_")
     if _zero_element(tensor):
         return tensor
     std = _kaiming_std(tensor, a, mode, nonlinearity, variance, layout, groups, params)
@@ -143,12 +156,12 @@ def _xavier_std(tensor: Tensor, gain: Any, nonlinearity: Any, variance: Any, lay
     if nonlinearity is None:
         if params:
             raise ParameterError(f"activation parameters {sorted(params)} need a nonlinearity= to apply to")
-        gain = 1.0 if gain is None else gain
+        gain = 1.0 if gain is None else _finite(gain, "gain", nonnegative=True)
         return gain * math.sqrt(2.0 / float(fan_in + fan_out))  # torch's expression: its draws to the bit
     if gain is not None:
         raise ParameterError(f"give gain= or nonlinearity=, not both (gain={gain!r}, nonlinearity={nonlinearity!r}): "
                              "the gain is derived from the nonlinearity")
-    return std_for(_activation_name(nonlinearity), fan_in, fan_out, mode="fan_avg", variance=variance, **params)
+    return std_for(nonlinearity, fan_in, fan_out, mode="fan_avg", variance=variance, **params)
 
 
 def xavier_normal_(tensor: Tensor, gain: float | None = None, generator: torch.Generator | None = None, *,
@@ -161,6 +174,7 @@ def xavier_normal_(tensor: Tensor, gain: float | None = None, generator: torch.G
     the harmonic mean of the fan_in and fan_out variances, which is torch's formula for the identity.  A
     zero-element tensor warns and is returned (torch's kaiming behaviour; its xavier divides by zero for (0, 0)).
     """
+    _floating(tensor, "xavier_normal_")
     if _zero_element(tensor):
         return tensor
     std = _xavier_std(tensor, gain, nonlinearity, variance, layout, groups, params)
@@ -172,6 +186,7 @@ def xavier_uniform_(tensor: Tensor, gain: float | None = None, generator: torch.
                     nonlinearity: Any = None, variance: float = 1.0, layout: str = "torch", groups: int = 1,
                     **params: Any) -> Tensor:
     r"""Fill ``tensor`` in place from U(-sqrt(3) std, sqrt(3) std), std as :func:`xavier_normal_`, and return it."""
+    _floating(tensor, "xavier_uniform_")
     if _zero_element(tensor):
         return tensor
     std = _xavier_std(tensor, gain, nonlinearity, variance, layout, groups, params)
@@ -238,6 +253,8 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float | None = None, a
     ``std`` with ``nonlinearity`` is refused (the std is derived).  A zero-element tensor with ``nonlinearity``
     warns and is returned; without it, torch's behaviour.
     """
+    _floating(tensor, "trunc_normal_")
+    mean = _finite(mean, "mean")
     if nonlinearity is None:
         if params:
             raise ParameterError(f"activation parameters {sorted(params)} need a nonlinearity= to apply to")
@@ -256,7 +273,7 @@ def trunc_normal_(tensor: Tensor, mean: float = 0.0, std: float | None = None, a
         sigma = target / truncation_std(2.0)
         a, b = mean - 2 * sigma, mean + 2 * sigma
     else:
-        sigma = truncated_sigma(target, float(a) - mean, float(b) - mean)
+        sigma = truncated_sigma(target, _finite(a, "a") - mean, _finite(b, "b") - mean)
     return torch.nn.init.trunc_normal_(tensor, mean, sigma, a, b, generator=generator)
 
 
@@ -273,12 +290,13 @@ def orthogonal_(tensor: Tensor, gain: float | None = None, generator: torch.Gene
     torch does not implement on CPU) get torch's float32 result, rounded.  Entry std: gain / sqrt(max(rows, cols)).
     Zero-element and meta tensors are returned unchanged, silently, as torch does.
     """
+    _floating(tensor, "orthogonal_")
     if tensor.ndimension() < 2:
         raise GainDeriveError(f"orthogonal_ needs a tensor of 2 or more dimensions; got shape {tuple(tensor.shape)}")
     if nonlinearity is None:
         if params:
             raise ParameterError(f"activation parameters {sorted(params)} need a nonlinearity= to apply to")
-        gain = 1.0 if gain is None else gain
+        gain = 1.0 if gain is None else _finite(gain, "gain")
     elif gain is not None:
         raise ParameterError(f"give gain= or nonlinearity=, not both (gain={gain!r}, nonlinearity={nonlinearity!r})")
     else:
@@ -301,6 +319,7 @@ class _Mapped:
     name: str  # registry name
     params: tuple[tuple[str, Any], ...] = ()
     note: str = ""
+    identity_above: float | None = None  # Softplus: torch returns x itself for x > threshold / beta
 
 
 #: Modules between a layer and its activation that do not change which activation the layer feeds: reshapes,
@@ -310,6 +329,9 @@ _TRANSPARENT: tuple[type, ...] = (nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropo
                                   nn.AlphaDropout, nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm,
                                   nn.modules.instancenorm._InstanceNorm)
 _LAYERS: tuple[type, ...] = (nn.Linear, nn.modules.conv._ConvNd)
+#: Modules with weights that are not such layers: reported as left alone (embeddings, bilinear, attention, RNNs).
+_OTHER_WEIGHTED: tuple[type, ...] = (nn.Embedding, nn.EmbeddingBag, nn.Bilinear, nn.MultiheadAttention,
+                                     nn.RNNBase)
 _SUPPORTED = ("ReLU, LeakyReLU, PReLU (one slope), ELU, CELU, SELU, GELU, SiLU, Mish, Softplus, Tanh, Sigmoid, "
               "Hardtanh, ReLU6, Hardswish, Hardsigmoid, Softsign, Identity, and their torch.nn.functional forms")
 
@@ -319,13 +341,47 @@ def _prelu(module: nn.PReLU) -> _Mapped | str:
     if slopes.numel() != 1 and not bool((slopes == slopes.reshape(-1)[0]).all()):
         return (f"PReLU with {slopes.numel()} different per-channel slopes (each channel has its own gain "
                 "sqrt(2/(1+a_c^2))); use one slope, or initialise this layer yourself")
-    return _Mapped("prelu", (("a", float(slopes.reshape(-1)[0])),), "PReLU's current slope")
+    slope = slopes.reshape(-1)[0].cpu()
+    if slope.dtype not in (torch.float32, torch.float64):
+        slope = slope.float()  # (half precisions: exactly representable in float32)
+    # as numpy's float32 or float64: gainderive reads a binary float as the shortest decimal that round-trips in
+    # its own type, so a float32 slope of 0.1 is the slope 1/10, as the user wrote it
+    return _Mapped("prelu", (("a", slope.numpy()[()]),), "PReLU's current slope")
 
 
-def _softplus(beta: Any, threshold: Any) -> _Mapped:
-    # beyond beta x > threshold torch returns x, which differs from softplus(beta x)/beta by log1p(e^-threshold)/beta
-    note = f"threshold={threshold:g} ignored: changes f by < {math.exp(-threshold) / beta:.1e}"
-    return _Mapped("softplus", (("beta", float(beta)),), note)
+def _softplus(beta: Any, threshold: Any) -> _Mapped | str:
+    # torch's Softplus is x itself where beta x > threshold: init_ checks that z ~ N(0, q) never gets there
+    beta, threshold = float(beta), float(threshold)
+    if not (beta > 0 and math.isfinite(beta) and math.isfinite(threshold)):
+        return f"Softplus(beta={beta:g}, threshold={threshold:g}): beta must be finite and > 0"
+    return _Mapped("softplus", (("beta", beta),), "", threshold / beta)
+
+
+#: The relative change of a moment below which torch's switch to x in Softplus is ignored (none in double precision).
+_SOFTPLUS_NEGLIGIBLE = 1e-17
+
+
+def _softplus_switch(mapped: _Mapped, variance: float) -> tuple[str | None, str]:
+    """(why a torch Softplus cannot be taken as softplus at z ~ N(0, q), or None; the report's note).
+
+    torch returns x where beta x > t: there it differs from softplus(beta x)/beta by log1p(e^-(beta x))/beta <=
+    log1p(e^-t)/beta, and its slope 1 from sigmoid(beta x) by sigmoid(-t) at most.  Weighted by the probability p
+    of that region, those bound the change of E[f^2] (relative to its scale q) and of E[f'^2]: negligible below
+    _SOFTPLUS_NEGLIGIBLE, else the module is not the function gainderive integrates.
+    """
+    above = mapped.identity_above
+    beta = dict(mapped.params)["beta"]
+    threshold = above * beta
+    probability = 0.5 * math.erfc(above / math.sqrt(2.0 * variance))  # P(z > threshold / beta)
+    change_f = math.log1p(math.exp(-threshold)) / beta if threshold > -700 else math.inf
+    change_slope = 1.0 / (1.0 + math.exp(threshold)) if threshold < 700 else 0.0
+    effect = probability * max(change_f / math.sqrt(variance), change_slope)
+    if effect > _SOFTPLUS_NEGLIGIBLE:
+        return (f"Softplus(beta={beta:g}, threshold={threshold:g}), which is x itself for x > {above:g}: z ~ N(0, "
+                f"q = {variance:g}) gets there with probability {probability:.2g}, enough to change the moments "
+                "(not the softplus gainderive integrates)"), ""
+    return None, (f"threshold={threshold:g}: torch's switch to x for x > {above:g} moves the moments by < "
+                  f"{_SOFTPLUS_NEGLIGIBLE:g} at q = {variance:g}")
 
 
 def activation_of(module: nn.Module) -> _Mapped | str | None:
@@ -382,6 +438,9 @@ def _functional_table() -> dict[Any, tuple[str, tuple[tuple[str, Any], ...]]]:
 
 
 _FUNCTIONAL = _functional_table()
+#: Functions passed over as their module forms are (nn.Flatten, nn.Dropout): reshapes and dropout.
+_TRANSPARENT_FUNCTIONS = frozenset({torch.flatten, torch.reshape, F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
+                                    F.alpha_dropout})
 _METHODS = {"relu": "relu", "relu_": "relu", "tanh": "tanh", "tanh_": "tanh", "sigmoid": "sigmoid",
             "sigmoid_": "sigmoid"}
 
@@ -422,7 +481,7 @@ class InitReport(list):
             gain = "" if r["gain"] is None else f"{r['gain']:.6g}"
             std = "" if r["std"] is None else f"{r['std']:.6g}"
             note = r["status"] + (f": {r['note']}" if r["note"] else "")
-            rows.append((r["name"], r["type"], "x".join(map(str, r["shape"])), r["activation"] or "", r["mode"],
+            rows.append((r["name"], r["type"], "x".join(map(str, r["shape"] or ())), r["activation"] or "", r["mode"],
                          gain, std, note))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
         return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1]
@@ -499,8 +558,9 @@ def _fx_plan(graph_module: torch.fx.GraphModule) -> list[tuple[nn.Module, _Mappe
             mapped = _map_function(user)
             if mapped is not None:
                 return mapped
-            if user.op == "call_method" and user.target in ("view", "reshape", "flatten", "contiguous") \
-                    and user.args[0] is node:
+            if user.args and user.args[0] is node and (
+                    (user.op == "call_method" and user.target in ("view", "reshape", "flatten", "contiguous"))
+                    or (user.op == "call_function" and user.target in _TRANSPARENT_FUNCTIONS)):
                 return meaning_of(user)
             return f"{getattr(user.target, '__name__', user.target)}(), which is not an activation gainderive maps"
         return f"a {user.op} node"
@@ -533,14 +593,21 @@ def _hook_plan(model: nn.Module, example_input: Any) -> list[tuple[nn.Module, _M
             continue
         meaning: _Mapped | str | None = None
         current = out
-        for successor, args, successor_out in calls[i + 1:]:
-            if not any(arg is current for arg in args):
-                continue
+        rest = calls[i + 1:]
+        while True:
+            consumers = [(j, successor) for j, (successor, args, _) in enumerate(rest)
+                         if any(arg is current for arg in args)]
+            if len(consumers) > 1:
+                names = ", ".join(type(successor).__name__ for _, successor in consumers)
+                meaning = f"{len(consumers)} consumers ({names}): the activation it feeds is ambiguous"
+                break
+            if not consumers:
+                break
+            j, successor = consumers[0]
             meaning = _follower(successor)
-            if meaning is None:
-                current = successor_out
-                continue
-            break
+            if meaning is not None:
+                break
+            current, rest = rest[j][2], rest[j + 1:]
         if meaning is None:
             meaning = (_Mapped("identity", (), "last layer: its output is the model's") if current is output else
                        "an operation forward hooks cannot see (a function, not a module)")
@@ -597,6 +664,9 @@ def init_(model: nn.Module, *, variance: float = 1.0, mode: str = "fan_in", dist
         raise GainDeriveError(f"unknown distribution {distribution!r}; accepted: {', '.join(distributions)}")
     if not isinstance(model, nn.Module):
         raise GainDeriveError(f"init_ takes a torch.nn.Module; got {type(model).__name__}")
+    from .moments import check_variance
+
+    q = float(check_variance(variance, scalar=True))  # validated before any layer: a model with none says so too
     names = {id(m): name or type(m).__name__ for name, m in model.named_modules()}
     plan, how = _plan(model, example_input)
     report = InitReport()
@@ -604,6 +674,12 @@ def init_(model: nn.Module, *, variance: float = 1.0, mode: str = "fan_in", dist
     for module, meaning in plan:
         name = names.get(id(module), type(module).__name__)
         weight = module.weight
+        if isinstance(weight, nn.parameter.UninitializedParameter):
+            raise GainDeriveError(f"init_: {name} ({type(module).__name__}) has uninitialised (lazy) parameters; "
+                                  "run one forward pass first")
+        if isinstance(meaning, _Mapped) and meaning.identity_above is not None:
+            refusal, note = _softplus_switch(meaning, q)
+            meaning = refusal if refusal is not None else _Mapped(meaning.name, meaning.params, note)
         entry: dict[str, Any] = {"name": name, "type": type(module).__name__, "shape": tuple(weight.shape),
                                  "activation": None, "mode": mode, "distribution": distribution, "fan_in": None,
                                  "fan_out": None, "gain": None, "std": None, "status": "initialised", "note": "",
@@ -628,9 +704,6 @@ def init_(model: nn.Module, *, variance: float = 1.0, mode: str = "fan_in", dist
         entry["activation"] = meaning.name + ("" if not meaning.params else
                                               "(" + ", ".join(f"{k}={v:g}" for k, v in meaning.params) + ")")
         entry["note"] = meaning.note
-        if isinstance(weight, nn.parameter.UninitializedParameter):
-            raise GainDeriveError(f"init_: {name} ({type(module).__name__}) has uninitialised (lazy) parameters; "
-                                  "run one forward pass first")
         if weight.numel() == 0:
             warnings.warn(_ZERO_ELEMENT, stacklevel=2)
             entry.update(status="skipped", note="zero-element weight")
@@ -662,7 +735,12 @@ def init_(model: nn.Module, *, variance: float = 1.0, mode: str = "fan_in", dist
         report.append(entry)
     reached = {id(m) for m, _ in plan}
     for name, module in model.named_modules():
-        if isinstance(module, _LAYERS) and id(module) not in reached:
+        if isinstance(module, _OTHER_WEIGHTED):
+            report.append({"name": name, "type": type(module).__name__, "shape": None, "activation": None,
+                           "mode": mode, "distribution": distribution, "fan_in": None, "fan_out": None, "gain": None,
+                           "std": None, "status": "skipped", "order": how,
+                           "note": "not a Linear, Conv or ConvTranspose layer: init_ leaves its weights alone"})
+        elif isinstance(module, _LAYERS) and id(module) not in reached:
             report.append({"name": name, "type": type(module).__name__, "shape": tuple(module.weight.shape),
                            "activation": None, "mode": mode, "distribution": distribution, "fan_in": None,
                            "fan_out": None, "gain": None, "std": None, "status": "skipped",

@@ -242,3 +242,17 @@ def test_bad_input_raises_one_line_errors(call, error, match):
     with pytest.raises(error, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_orthogonal_in_half_precision_is_float32s_rounded(dtype):
+    # JAX has no QR in half precision: the float32 result, rounded once (as the torch and Keras modules do); its
+    # singular values are the gain (sqrt 2 for relu, He et al. 2015) to the half type's precision (2^-7 for
+    # bfloat16, 2^-10 for float16, a few roundings of each entry in the products)
+    init = gj.orthogonal("relu")
+    half = init(jax.random.key(0), (8, 4), getattr(jnp, dtype))
+    assert half.dtype == getattr(jnp, dtype)
+    single = init(jax.random.key(0), (8, 4), jnp.float32)
+    assert jnp.array_equal(half, single.astype(getattr(jnp, dtype)))
+    singular = np.linalg.svd(np.asarray(half, dtype=np.float64), compute_uv=False)
+    assert np.allclose(singular, math.sqrt(2), rtol=8 * float(jnp.finfo(getattr(jnp, dtype)).eps))

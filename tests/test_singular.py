@@ -388,3 +388,14 @@ def test_growth_of_f_prime_alone_makes_only_some_q_infinite():
         reference = 2 * mp.quad(lambda t: (t * t / 16) * mp.exp(t * t / 4) * mp.cos(mp.exp(t * t / 8)) ** 2
                                 * mp.npdf(t / s) / s, mp.linspace(0, 6, 49))
     assert abs(d.value[0] - float(reference)) <= 5 * d.error[0]
+
+
+@pytest.mark.parametrize("slope", ["0.1000000015", "0.10000000149011612", "0.3000000119", "0.01000000002"])
+def test_a_linear_piece_whose_value_is_near_1_at_the_first_probe_is_not_super_gaussian(slope):
+    # a z with a slightly above 1/10 gives log|h(10)| ~ 1e-8: the growth probe once read log|h| / z^2 rising
+    # "tenfold" from there and called a leaky ReLU with a float32 slope (0.1f = 0.10000000149...) infinite.
+    # By hand: E[f^2] = (1 + a^2) q / 2, E[f'^2] = (1 + a^2) / 2 (He et al. 2015), at q = 1.
+    a = float(slope)
+    m = gd.moments(f"where(x > 0, x, {slope}*x)", 1.0)
+    for est in (m.second_moment, m.derivative_second_moment):  # (+ 1e-16: the reference's own rounding to double)
+        assert abs(float(est.value) - (1 + a * a) / 2) <= float(est.error) + 1e-16

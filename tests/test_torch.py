@@ -710,3 +710,94 @@ def test_deep_tanh_mlp_with_torchs_five_thirds_leaves_the_band():
     exact = math.sqrt(1 / mp_second_moment(mp.tanh, 1.0))
     log_ratio, se = _mean_of_networks(nn.Tanh(), _slope(mp.tanh, 1.0), 1.0, scale=(5 / 3) / exact)
     assert log_ratio > 5 * se, (log_ratio, se)
+
+
+# -- edges found in review -------------------------------------------------------------------------------------------
+def test_a_float32_prelu_slope_is_the_decimal_it_was_written_as():
+    # PReLU(init=0.1) holds 0.1 in float32 (0.10000000149...): read as the shortest decimal in its own type, the
+    # slope is 1/10 and the gain sqrt(2 / (1 + 0.01)) (He et al. 2015); it once reached a false "infinite" verdict
+    report = gt.init_(nn.Sequential(nn.Linear(4, 8), nn.PReLU(init=0.1)))
+    assert report[0]["activation"] == "prelu(a=0.1)"
+    assert report[0]["gain"] == pytest.approx(math.sqrt(2 / 1.01), rel=1e-15)  # one rounding of the sqrt
+
+
+@pytest.mark.parametrize("call", [
+    lambda: gt.orthogonal_(torch.empty(5, 5, dtype=torch.int32)),
+    lambda: gt.orthogonal_(torch.empty(5, 5, dtype=torch.bool)),
+    lambda: gt.kaiming_normal_(torch.empty(5, 5, dtype=torch.int64)),
+    lambda: gt.xavier_uniform_(torch.empty(5, 5, dtype=torch.int64)),
+    lambda: gt.trunc_normal_(torch.empty(5, 5, dtype=torch.int64), nonlinearity="relu"),
+])
+def test_integer_and_bool_tensors_are_refused_in_one_line(call):
+    with pytest.raises(GainDeriveError, match="floating-point tensors") as caught:
+        call()
+    assert "\n" not in str(caught.value)
+
+
+def test_non_finite_or_negative_numbers_are_refused():
+    with pytest.raises(ParameterError, match="mean must be a finite number"):
+        gt.trunc_normal_(torch.empty(30, 30), nonlinearity="relu", mean=float("nan"))
+    with pytest.raises(ParameterError, match="gain must be a finite non-negative number"):
+        gt.xavier_normal_(torch.empty(3, 3), gain=-1.0)
+    with pytest.raises(ParameterError, match="gain must be a finite number"):
+        gt.orthogonal_(torch.empty(3, 3), gain=float("inf"))
+    with pytest.raises(GainDeriveError, match="variance"):
+        gt.init_(nn.Sequential(nn.ReLU()), variance=-1)  # checked even when there is no layer to initialise
+
+
+def test_a_lazy_layer_is_refused_with_the_advice():
+    with pytest.raises(GainDeriveError, match="lazy"):
+        gt.init_(nn.Sequential(nn.LazyLinear(4), nn.ReLU()))
+
+
+def test_softplus_threshold_is_ignored_only_where_it_moves_no_moment():
+    # torch's Softplus is x itself for beta x > threshold.  threshold = -5: almost every z is there (P(z > -5) ~ 1):
+    # refused.  The default threshold 20 at q = 1: P(z > 20) ~ 3e-89, ignored (gain from softplus itself).
+    with pytest.raises(GainDeriveError, match="Softplus"):
+        gt.init_(nn.Sequential(nn.Linear(3, 3), nn.Softplus(beta=1, threshold=-5)))
+    report = gt.init_(nn.Sequential(nn.Linear(3, 3), nn.Softplus()))
+    assert report[0]["activation"] == "softplus(beta=1)" and "moves the moments by <" in report[0]["note"]
+
+
+class _Branchy(nn.Module):
+    """A layer whose output feeds two modules, behind data-dependent control flow (torch.fx cannot trace it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.act = nn.Linear(4, 4), nn.Linear(4, 4), nn.ReLU()
+
+    def forward(self, x):
+        if x.sum() > -1e30:
+            h = self.a(x)
+            return self.b(h) + self.act(h)
+        return x
+
+
+def test_forward_hooks_refuse_a_layer_with_two_consumers():
+    with pytest.raises(GainDeriveError, match="2 consumers"):
+        gt.init_(_Branchy(), example_input=torch.randn(2, 4))
+    report = {r["name"]: r for r in gt.init_(_Branchy(), example_input=torch.randn(2, 4), strict=False)}
+    assert report["a"]["status"] == "skipped" and "2 consumers" in report["a"]["note"]
+    assert report["b"]["status"] == "skipped" and "cannot see" in report["b"]["note"]  # b's output meets a sum
+
+
+class _FunctionalReshape(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(2, 3, 3), nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.head(F.relu(F.dropout(torch.flatten(self.conv(x), 1), 0.1, self.training)))
+
+
+def test_functional_flatten_and_dropout_are_passed_over_as_their_modules_are():
+    report = gt.init_(_FunctionalReshape())
+    assert report[0]["name"] == "conv" and report[0]["activation"] == "relu"
+    # ReLU: sqrt(q / (q/2)) = sqrt(2); the report's gain is std * sqrt(fan_in), two roundings away
+    assert report[0]["gain"] == pytest.approx(math.sqrt(2), rel=1e-15)
+
+
+def test_layers_init_does_not_initialise_are_reported():
+    report = gt.init_(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4), nn.ReLU()))
+    skipped = [r for r in report if r["type"] == "Embedding"]
+    assert len(skipped) == 1 and skipped[0]["status"] == "skipped" and "leaves its weights alone" in skipped[0]["note"]
