@@ -649,6 +649,10 @@ def init_(model: nn.Module, *, variance: float = 1.0, mode: str = "fan_in", dist
     Hardtanh(min_val, max_val), ReLU6, Hardswish, Hardsigmoid, Softsign, Identity.  A layer whose successor
     cannot be mapped (another module, a residual sum, per-channel PReLU) raises
     :class:`gainderive.errors.GainDeriveError` naming it, or with ``strict=False`` is left as it is and reported.
+    Forward hooks see modules only: a function between modules (a residual sum, ``F.relu``) is invisible to them,
+    so a layer whose output meets one is refused, but one whose output also goes on to a module is mapped by that
+    module; a model torch.fx can trace (any without data-dependent control flow) is read exactly instead.
+    Embeddings, bilinear, attention and recurrent layers are reported as left alone.
 
     Each weight gets std = sqrt(q / (fan_in E[f^2])) (``mode="fan_in"``), 1 / sqrt(fan_out E[f'^2])
     (``fan_out``) or sqrt(2 / (fan_in E[f^2]/q + fan_out E[f'^2])) (``fan_avg``), q = ``variance``, with the
