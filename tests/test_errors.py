@@ -136,3 +136,11 @@ def test_any_formula_gives_numbers_or_a_gainderive_error(text, q):
 def test_numpy_scalar_variance_for_high_precision():
     m = gd.moments("relu", np.float64(2.0), method="high_precision", digits=20)
     assert abs(m.second_moment.value - 1) < 1e-19  # q/2
+
+
+def test_an_overflow_far_out_is_not_called_an_undefined_formula():
+    # GELU at q = 1.7e308: z^2 Phi(z)^2 at z ~ -1.35e154 is inf * 0 in double precision, every nearer point
+    # finite; the formula is real everywhere, so the error says overflow (and what resolves it), not "not real"
+    with pytest.raises(DivergenceError, match="overflows double precision") as caught:
+        gd.moments("gelu", 1.7e308)
+    assert "not a real number" not in str(caught.value) and "high_precision" in str(caught.value)

@@ -729,12 +729,17 @@ def _panel_rule(integrand: Integrand, a, b, owner, piece, s, q):
     return kron, err, absolute, edge, noise
 
 
+_SQUARE_OVERFLOWS = 1e150  # |z| beyond which z^2 (1e300) is a step from leaving the double range
+
+
 def _not_finite(j: int, h: np.ndarray, z: np.ndarray, owner: np.ndarray, q, labels) -> NoReturn:
     bad = ~np.isfinite(h)
     # report the offending point nearest the centre: that is where the trouble starts
     p, n = np.unravel_index(np.argmin(np.where(bad, np.abs(z), np.inf)), h.shape)
     where = f"E[{labels[j]}] at q = {q[owner[p]]:g}: the integrand"
-    if np.isinf(h[p, n]):
+    # nan with every point nearer the centre finite, so far out that z^2 leaves the double range: an overflow
+    # (inf * 0 in z^2 Phi(z)^2), not a formula that is undefined there
+    if np.isinf(h[p, n]) or abs(z[p, n]) > _SQUARE_OVERFLOWS:
         raise DivergenceError(
             f"{where} overflows double precision at z = {z[p, n]:.6g}, inside the 38.5-standard-deviation range "
             "the expectation needs; it diverges or leaves the double range (method='high_precision' uses mpmath, "
