@@ -620,10 +620,7 @@ def _covered(value: Any, error: Any, q: Any, spans: tuple, preferred: bool, rtol
             ok = ok & (error <= rtol * np.abs(value))
             if rtol > _RANGE_RTOL:
                 return ok
-    inside = False
-    for lo, hi in spans:
-        inside = inside | ((q >= lo) & (q <= hi))
-    return ok & inside
+    return ok & _inside(q, spans)
 
 
 def _covered_scalar(value: Any, error: Any, q: float, spans: tuple, preferred: bool, rtol: float) -> bool:
